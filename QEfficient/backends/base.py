@@ -1,0 +1,94 @@
+"""The backend interface: compile an exported ONNX graph for some specialisations, open the result, run it.
+
+A specialisation fixes every symbolic dimension of the graph (e.g. `{"batch_size": 1, "seq_len": 128}`).
+A compiled program accepts exactly the shapes of its specialisations, as fixed-shape hardware does;
+callers pad their inputs to one of them. Nothing above this interface knows which backend it talks to.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Specialization = dict[str, int]
+
+
+class Program(ABC):
+    """A compiled program, opened and ready to run."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.specializations: list[Specialization] = manifest["specializations"]
+        self.input_dims: dict[str, list[int | str]] = manifest["inputs"]
+        self.output_names: list[str] = list(manifest["outputs"])
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.input_dims)
+
+    def specialization_of(self, inputs: dict[str, np.ndarray]) -> int:
+        """Index of the specialisation whose shapes the inputs have; a clear error if none matches."""
+        missing = set(self.input_dims) - set(inputs)
+        if missing:
+            raise ValueError(f"Missing program inputs: {sorted(missing)}; the program takes {self.input_names}.")
+        for index, spec in enumerate(self.specializations):
+            if all(
+                list(inputs[name].shape) == [spec[d] if isinstance(d, str) else d for d in dims]
+                for name, dims in self.input_dims.items()
+            ):
+                return index
+        shapes = {name: tuple(inputs[name].shape) for name in self.input_dims}
+        raise ValueError(
+            f"Input shapes {shapes} match no compiled specialisation {self.specializations}; "
+            "pad the inputs to a compiled shape or compile for this one."
+        )
+
+    @abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the specialisation that matches the inputs' shapes; return every output by name."""
+
+
+class Backend(ABC):
+    """Compiles ONNX graphs into programs and opens them."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """Version of the underlying runtime/compiler; part of the compile hash."""
+
+    @abstractmethod
+    def compile(
+        self, onnx_path: Path, out_dir: Path, specializations: list[Specialization], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write the program for `specializations` into `out_dir`; return manifest metadata.
+
+        The metadata must include `specializations`, `inputs` (name -> dims, symbols as strings) and
+        `outputs` (names).
+        """
+
+    @abstractmethod
+    def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> Program:
+        """Open a compiled program directory for running."""
+
+
+def graph_symbols(input_dims: dict[str, list[int | str]]) -> set[str]:
+    """The symbolic dimension names used by a graph's inputs."""
+    return {d for dims in input_dims.values() for d in dims if isinstance(d, str)}
+
+
+def check_specializations(specializations: list[Specialization], input_dims: dict[str, list[int | str]]) -> None:
+    """Each specialisation must give a positive size to exactly the graph's symbolic dimensions."""
+    if not specializations:
+        raise ValueError("compile needs at least one specialisation.")
+    symbols = graph_symbols(input_dims)
+    for spec in specializations:
+        if set(spec) != symbols:
+            raise ValueError(f"Specialisation {spec} must set exactly the graph's symbolic dimensions {sorted(symbols)}.")
+        bad = {k: v for k, v in spec.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"Specialisation sizes must be positive integers; got {bad}.")

@@ -1,0 +1,132 @@
+"""The ONNX Runtime backend.
+
+compile: the graph is optimised offline once (ORT's extended level, hardware independent) and saved with
+its weights in one external data file; the manifest records the specialisations. open: one ORT session per
+specialisation, created on first use, with that specialisation's sizes pinned as free-dimension overrides.
+The sessions read the same weight file, which ORT memory-maps, so the weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from QEfficient.backends.base import Backend, Program, Specialization, check_specializations
+
+logger = logging.getLogger(__name__)
+
+PROGRAM_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"
+_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def default_num_threads() -> int:
+    """Threads for one session: `$QEFF_NUM_THREADS`, else the cores this process may use."""
+    if os.environ.get("QEFF_NUM_THREADS"):
+        return int(os.environ["QEFF_NUM_THREADS"])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def graph_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Input name -> dims (ints for fixed sizes, symbol names for dynamic ones), initializers excluded."""
+    initializers = {t.name for t in model.graph.initializer}
+    return {
+        i.name: [d.dim_param if d.HasField("dim_param") else d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    }
+
+
+class OnnxRuntimeProgram(Program):
+    """A compiled ORT program: lazily one session per specialisation over shared, memory-mapped weights."""
+
+    def __init__(self, program_dir: Path, manifest: dict[str, Any], num_threads: int | None = None) -> None:
+        super().__init__(manifest)
+        self.path = Path(program_dir) / PROGRAM_FILE
+        self.num_threads = num_threads or default_num_threads()
+        self.providers = manifest["options"].get("providers") or default_providers()
+        self._sessions: dict[int, ort.InferenceSession] = {}
+
+    def session(self, index: int) -> ort.InferenceSession:
+        """The session of specialisation `index`, created on first use."""
+        if index not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.num_threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = _LEVELS[self.manifest["options"]["session_optimization_level"]]
+            options.log_severity_level = 3
+            for symbol, size in self.specializations[index].items():
+                options.add_free_dimension_override_by_name(symbol, size)
+            self._sessions[index] = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        return self._sessions[index]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.session(self.specialization_of(inputs))
+        feed = {name: inputs[name] for name in self.input_dims}
+        return dict(zip(self.output_names, session.run(self.output_names, feed)))
+
+
+class OnnxRuntimeBackend(Backend):
+    """Compile = offline graph optimisation + a manifest of specialisations; run = ORT sessions."""
+
+    name = "onnxruntime"
+
+    @property
+    def version(self) -> str:
+        return ort.__version__
+
+    def compile(
+        self, onnx_path: Path, out_dir: Path, specializations: list[Specialization], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        graph = onnx.load(str(onnx_path), load_external_data=False)
+        input_dims = graph_input_dims(graph)
+        check_specializations(specializations, input_dims)
+        options = {
+            "optimization_level": "extended",
+            "session_optimization_level": "all",
+            "providers": default_providers(),
+            **options,
+        }
+        for key in ("optimization_level", "session_optimization_level"):
+            if options[key] not in _LEVELS:
+                raise ValueError(f"{key} must be one of {list(_LEVELS)}; got {options[key]!r}.")
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = _LEVELS[options["optimization_level"]]
+        session_options.optimized_model_filepath = str(Path(out_dir) / PROGRAM_FILE)
+        session_options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", WEIGHTS_FILE
+        )
+        session_options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        session_options.log_severity_level = 3
+        # Offline optimisation on the CPU provider gives a graph that every provider can load.
+        ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
+        return {
+            "backend": self.name,
+            "backend_version": self.version,
+            "options": options,
+            "specializations": specializations,
+            "inputs": input_dims,
+            "outputs": [o.name for o in graph.graph.output],
+        }
+
+    def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> OnnxRuntimeProgram:
+        return OnnxRuntimeProgram(program_dir, manifest, **session_options)

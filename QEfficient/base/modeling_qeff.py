@@ -1,0 +1,217 @@
+"""QEFFBaseModel: the lifecycle every QEfficient model shares.
+
+    transforms (in __init__) -> export() -> ONNX transforms -> compile() -> run
+
+It knows nothing about text. Subclasses say what to export (example inputs, output names, dynamic axes)
+and what to compile (specialisations); this class hashes, caches, exports and compiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx
+import torch
+from torch import nn
+
+import QEfficient
+from QEfficient.backends import Program, Specialization, get_backend
+from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
+from QEfficient.base.pytorch_transforms import PytorchTransform, transform_name
+from QEfficient.utils.cache import build_artifact, hash_params, qeff_home
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = "model.onnx.data"
+DEFAULT_OPSET = 17
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Identity of a model's weights: a hash over every parameter and buffer (name, dtype, shape, bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_meta:
+            raise ValueError(f"Weight {name} is on the meta device; materialise the model before export.")
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class QEFFBaseModel(ABC):
+    """Base of every QEfficient model: PyTorch transforms, cached export, cached compile.
+
+    Class attributes `_pytorch_transforms` and `_onnx_transforms` list the transforms applied, in order,
+    to the wrapped module at construction and to the exported graph after export. An instance may add
+    configured transforms through `extra_pytorch_transforms`.
+    """
+
+    _pytorch_transforms: ClassVar[list[type[PytorchTransform] | PytorchTransform]] = []
+    _onnx_transforms: ClassVar[list[type[OnnxTransform]]] = [RemoveUnusedInitializersTransform, AddMetadataTransform]
+
+    def __init__(
+        self, model: nn.Module, extra_pytorch_transforms: list[PytorchTransform] | None = None, **kwargs: Any
+    ) -> None:
+        self.transforms = [*self._pytorch_transforms, *(extra_pytorch_transforms or [])]
+        self.applied_transforms: list[str] = []
+        for transform in self.transforms:
+            model, applied = transform.apply(model)
+            if applied:
+                self.applied_transforms.append(transform_name(transform))
+        self.model = model.eval()
+        self.hash_kwargs = dict(kwargs)
+        self.onnx_path: Path | None = None
+        self.export_hash: str | None = None
+        self.program_path: Path | None = None
+        self._program: Program | None = None
+        self._weights_digest: str | None = None
+
+    # ---- identity ------------------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        """Name of the wrapped model's class."""
+        return type(self.model).__name__
+
+    @property
+    def model_hash(self) -> str:
+        """Hash of what determines the wrapped model: its class, configuration, weights and transforms."""
+        return hash_params(self._model_identity())
+
+    def _model_identity(self) -> dict[str, Any]:
+        if self._weights_digest is None:
+            self._weights_digest = weights_digest(self.model)
+        config = getattr(self.model, "config", None)
+        return {
+            "qeff_class": type(self).__name__,
+            "model_class": self.model_name,
+            "config": config.to_diff_dict() if hasattr(config, "to_diff_dict") else None,
+            "weights": self._weights_digest,
+            "pytorch_transforms": [transform_name(t) for t in self.transforms],
+            **self.hash_kwargs,
+        }
+
+    @property
+    def cache_root(self) -> Path:
+        """Directory under `$QEFF_HOME` for this model's artefacts."""
+        return qeff_home() / self.model_name
+
+    # ---- export ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def export(self, export_dir: str | Path | None = None) -> Path:
+        """Export the transformed model to ONNX (cached); return the graph's path."""
+
+    def _export(
+        self,
+        example_inputs: dict[str, torch.Tensor],
+        output_names: list[str],
+        dynamic_axes: dict[str, dict[int, str]],
+        export_dir: str | Path | None = None,
+        opset: int = DEFAULT_OPSET,
+    ) -> Path:
+        params = {
+            **self._model_identity(),
+            "input_names": list(example_inputs),
+            "output_names": output_names,
+            "dynamic_axes": dynamic_axes,
+            "opset": opset,
+            "exporter": "torchscript",
+            "onnx_transforms": [t.__name__ for t in self._onnx_transforms],
+            "versions": {"qefficient": QEfficient.__version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        }
+        export_hash = hash_params(params)
+        directory = Path(export_dir) if export_dir else self.cache_root / f"{self.model_name}-{export_hash}"
+
+        def build(tmp: Path) -> dict[str, Any]:
+            raw = tmp / "raw"
+            raw.mkdir()
+            self._torch_export(example_inputs, output_names, dynamic_axes, raw / ONNX_FILE, opset)
+            graph = onnx.load(str(raw / ONNX_FILE))
+            context = {"export_hash": export_hash, "version": QEfficient.__version__,
+                       "transforms": ",".join(self.applied_transforms)}
+            for transform in self._onnx_transforms:
+                graph, _ = transform.apply(graph, **context)
+            shutil.rmtree(raw)
+            onnx.save_model(graph, str(tmp / ONNX_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=ONNX_DATA_FILE, size_threshold=1024)
+            return {"kind": "export", "export_hash": export_hash, "hash_params": params, "onnx": ONNX_FILE}
+
+        directory, manifest = build_artifact(directory, build, description="ONNX export")
+        self.onnx_path = directory / manifest["onnx"]
+        self.export_hash = manifest["export_hash"]
+        return self.onnx_path
+
+    def _torch_export(
+        self,
+        example_inputs: dict[str, torch.Tensor],
+        output_names: list[str],
+        dynamic_axes: dict[str, dict[int, str]],
+        path: Path,
+        opset: int,
+    ) -> None:
+        self.model.eval()  # the TorchScript exporter leaves submodules in train mode otherwise
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+            torch.onnx.export(
+                self.model,
+                tuple(example_inputs.values()),
+                str(path),
+                input_names=list(example_inputs),
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        self.model.eval()
+
+    # ---- compile -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def compile(self, *args: Any, **kwargs: Any) -> Path:
+        """Compile the exported graph (exporting first if needed); return the program's directory."""
+
+    def _compile(
+        self,
+        specializations: list[Specialization],
+        backend: str = "onnxruntime",
+        compile_dir: str | Path | None = None,
+        **backend_options: Any,
+    ) -> Path:
+        onnx_path = self.onnx_path if self.onnx_path is not None else self.export()
+        engine = get_backend(backend)
+        params = {
+            "export_hash": self.export_hash,
+            "backend": engine.name,
+            "backend_version": engine.version,
+            "specializations": specializations,
+            "options": backend_options,
+        }
+        compile_hash = hash_params(params)
+        directory = Path(compile_dir) if compile_dir else onnx_path.parent / "compiled" / f"{engine.name}-{compile_hash}"
+
+        def build(tmp: Path) -> dict[str, Any]:
+            metadata = engine.compile(onnx_path, tmp, specializations, backend_options)
+            return {**metadata, "kind": "program", "compile_hash": compile_hash, "source_export_hash": params["export_hash"]}
+
+        directory, manifest = build_artifact(directory, build, description=f"{engine.name} program")
+        self.program_path = directory
+        self._program = engine.open(directory, manifest)
+        return directory
+
+    @property
+    def program(self) -> Program:
+        """The opened compiled program; a clear error if `compile()` has not run."""
+        if self._program is None:
+            raise RuntimeError(f"{type(self).__name__} is not compiled yet; call .compile(...) first.")
+        return self._program

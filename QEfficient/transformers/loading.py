@@ -1,0 +1,131 @@
+"""Loading HF models for export: hub id (offline from the HF cache), local folder, or GGUF file.
+
+Export needs a model that is fp32, in eval mode, fully materialised (no meta tensors) and using an
+attention implementation that traces to plain ONNX ops. `load_pretrained` forces those settings and logs
+each one it changed, so nothing happens silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+# Attention implementations that the ONNX exporters can trace to standard ops.
+EXPORTABLE_ATTENTION = ("sdpa", "eager")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Raised when a model is neither a local folder nor available from the hub or its cache."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else with a slash, or starting like a path, is a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def resolve_model_source(name_or_path: str | os.PathLike) -> tuple[str, bool]:
+    """Return (source, is_local). A path that does not exist raises `ModelNotFoundError` at once."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(
+                f"'{text}' is a file, not a model folder. Pass the folder that holds config.json "
+                f"(for a GGUF file: from_pretrained(folder, gguf_file='{path.name}'))."
+            )
+        return str(path), True
+    if _looks_like_path(text):
+        raise ModelNotFoundError(f"Model path '{text}' does not exist. Pass an existing local folder or a hub id.")
+    return text, False
+
+
+def _supports(model_class: type[PreTrainedModel], attention: str) -> bool:
+    flag = {"sdpa": "_supports_sdpa", "eager": None}[attention]
+    return flag is None or bool(getattr(model_class, flag, False))
+
+
+def choose_attention(model_class: type[PreTrainedModel], requested: str | None) -> str:
+    """The attention implementation to load with: the user's if exportable, else sdpa where supported, else eager."""
+    if requested in EXPORTABLE_ATTENTION:
+        return requested
+    chosen = "sdpa" if _supports(model_class, "sdpa") else "eager"
+    if requested is not None:
+        logger.warning(
+            "attn_implementation=%r cannot be exported to ONNX; QEfficient loads with %r instead.", requested, chosen
+        )
+    return chosen
+
+
+def load_pretrained(auto_class: Any, name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
+    """`auto_class.from_pretrained` with the settings export needs, from a local folder or the (offline) hub.
+
+    Forced: `dtype=float32`, an exportable `attn_implementation`, no `device_map` offloading. A hub id is
+    first looked up in the local HF cache; only if it is not there is the hub asked.
+    """
+    source, is_local = resolve_model_source(name_or_path)
+    requested_dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+    if requested_dtype not in (None, torch.float32, "float32"):
+        logger.warning("dtype=%s requested; QEfficient loads fp32 weights for export (precision is a compile option).",
+                       requested_dtype)
+    if kwargs.pop("device_map", None) is not None:
+        logger.warning("device_map is ignored: export needs every weight materialised on the CPU.")
+    kwargs["dtype"] = torch.float32
+    requested_attention = kwargs.pop("attn_implementation", None)
+
+    def load(**extra: Any) -> PreTrainedModel:
+        model_class = _resolve_class(auto_class, source, kwargs, extra)
+        attention = choose_attention(model_class, requested_attention)
+        logger.info("Loading %s with dtype=float32, attn_implementation=%r (forced for export).", source, attention)
+        return auto_class.from_pretrained(source, *args, attn_implementation=attention, **kwargs, **extra)
+
+    if is_local or kwargs.get("local_files_only"):
+        model = load()
+    else:
+        try:
+            model = load(local_files_only=True)
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+                raise ModelNotFoundError(
+                    f"Model '{source}' is not a local folder and is not in the HF cache, and HF_HUB_OFFLINE is set. "
+                    f"Pass a local folder, or download it first (huggingface-cli download {source})."
+                ) from None
+            try:
+                model = load()
+            except OSError as exc:
+                raise ModelNotFoundError(
+                    f"Model '{source}' is not a local folder, not in the HF cache, and the hub could not provide it "
+                    f"({str(exc).splitlines()[0]}). Pass a local folder path instead."
+                ) from None
+    return prepare_for_export(model)
+
+
+def _resolve_class(auto_class: Any, source: str, kwargs: dict[str, Any], extra: dict[str, Any]) -> type:
+    """The concrete model class `auto_class` would build, to know which attention it supports."""
+    from transformers import AutoConfig
+
+    if not hasattr(auto_class, "_model_mapping"):
+        return auto_class  # a concrete PreTrainedModel class
+    config_kwargs = {k: kwargs[k] for k in ("gguf_file", "trust_remote_code", "revision", "cache_dir") if k in kwargs}
+    config = AutoConfig.from_pretrained(source, **config_kwargs, **extra)
+    try:
+        return auto_class._model_mapping[type(config)]
+    except KeyError:
+        return auto_class  # unsupported: let from_pretrained raise its own error
+
+
+def prepare_for_export(model: PreTrainedModel) -> PreTrainedModel:
+    """eval mode, fp32, and a clear error if any weight is still on the meta device."""
+    meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"{len(meta)} weights are on the meta device (e.g. {meta[0]}); load the model without device_map/"
+            "offloading so that every weight is materialised."
+        )
+    return model.eval()

@@ -1,0 +1,310 @@
+"""QEFFTransformersBase and the QEFFAutoModel* classes: HF transformers models through the QEfficient pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from QEfficient.base.modeling_qeff import QEFFBaseModel
+from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
+from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
+from QEfficient.transformers.embeddings.pooling import EncoderForExport, PoolingFn
+from QEfficient.transformers.loading import load_pretrained, prepare_for_export
+from QEfficient.transformers.models.pytorch_transforms import PoolingTransform
+from QEfficient.transformers.models.registry import check_encoder_supported
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEQ_LENS = (32, 128, 512)
+
+
+def max_sequence_length(config: Any) -> int | None:
+    """Longest input the model's position embeddings allow (RoBERTa-style models reserve pad+1 slots)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    return limit
+
+
+def _as_sizes(value: int | Sequence[int], what: str) -> list[int]:
+    sizes = [value] if isinstance(value, int) else list(value)
+    if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
+        raise ValueError(f"{what} must be a positive int or a non-empty list of them; got {value!r}.")
+    return sorted(set(sizes))
+
+
+class QEFFTransformersBase(QEFFBaseModel):
+    """Base of the QEfficient wrappers around a HF `PreTrainedModel`.
+
+    It exports the model as `(input_ids, attention_mask) -> last_hidden_state` and compiles it for a set of
+    sequence lengths and batch sizes. Subclass it, as SEED.md's `MyModel`, to bring a model outside
+    transformers' auto classes: implement `from_pretrained` to build the HF model and pass it to `cls(model)`.
+    """
+
+    _hf_auto_class: ClassVar[Any] = AutoModel
+    _pytorch_transforms: ClassVar[list[type[PytorchTransform] | PytorchTransform]] = [FloatTransform]
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__} wraps a torch nn.Module (a HF PreTrainedModel); got {type(model)}.")
+        prepare_for_export(model)
+        self.pretrained_model_name_or_path = kwargs.pop("pretrained_model_name_or_path", None)
+        self.tokenizer: PreTrainedTokenizerBase | None = kwargs.pop("tokenizer", None)
+        extra = kwargs.pop("extra_pytorch_transforms", None) or [PoolingTransform()]
+        super().__init__(model, extra_pytorch_transforms=extra, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load a HF model (hub id, offline from the HF cache; local folder; or `gguf_file=`) and wrap it.
+
+        QEfficient forces fp32 and an exportable attention implementation and logs what it changed.
+        """
+        init_kwargs = {k: kwargs.pop(k) for k in cls._init_kwargs() if k in kwargs}
+        model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
+        return cls(model, pretrained_model_name_or_path=str(pretrained_model_name_or_path), **init_kwargs)
+
+    @classmethod
+    def _init_kwargs(cls) -> tuple[str, ...]:
+        """Keyword arguments of `from_pretrained` that configure the wrapper rather than the HF load."""
+        return ()
+
+    # ---- identity ----------------------------------------------------------------------------------
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped HF model, without QEfficient's export wrapper."""
+        return self.model.encoder if isinstance(self.model, EncoderForExport) else self.model
+
+    @property
+    def model_name(self) -> str:
+        """Name of the wrapped HF model's class (e.g. `BertModel`)."""
+        return type(self.hf_model).__name__
+
+    def __repr__(self) -> str:
+        transforms = ", ".join(transform_name(t) for t in self.transforms)
+        return f"{type(self).__name__}(transforms=[{transforms}])\n{self.model!r}"
+
+    # ---- export / compile --------------------------------------------------------------------------
+
+    @property
+    def output_name(self) -> str:
+        return "last_hidden_state" if getattr(self.model, "pooling", None) is None else "sentence_embedding"
+
+    def export(self, export_dir: str | Path | None = None) -> Path:
+        """Export `(input_ids, attention_mask) -> output` with dynamic batch and sequence (cached)."""
+        # A padded example, so that tracing keeps the attention-mask path (all-ones masks may be dropped).
+        input_ids = torch.full((2, 8), 5, dtype=torch.int64)
+        attention_mask = torch.ones((2, 8), dtype=torch.int64)
+        attention_mask[1, 5:] = 0
+        output_axes = {0: "batch_size", 1: "seq_len"} if self.output_name == "last_hidden_state" else {0: "batch_size"}
+        return self._export(
+            {"input_ids": input_ids, "attention_mask": attention_mask},
+            output_names=[self.output_name],
+            dynamic_axes={
+                "input_ids": {0: "batch_size", 1: "seq_len"},
+                "attention_mask": {0: "batch_size", 1: "seq_len"},
+                self.output_name: output_axes,
+            },
+            export_dir=export_dir,
+        )
+
+    def compile(
+        self,
+        seq_len: int | Sequence[int] | None = None,
+        batch_size: int | Sequence[int] = 1,
+        backend: str = "onnxruntime",
+        compile_dir: str | Path | None = None,
+        **backend_options: Any,
+    ) -> Path:
+        """Compile for every (batch_size, seq_len) pair; at run time inputs go to the smallest that fits.
+
+        `seq_len` defaults to 32, 128 and 512 (capped at the model's limit). Returns the program directory.
+        """
+        limit = max_sequence_length(getattr(self.hf_model, "config", None))
+        if seq_len is None:
+            seq_len = sorted({min(s, limit) for s in DEFAULT_SEQ_LENS} if limit else DEFAULT_SEQ_LENS)
+        seq_lens = _as_sizes(seq_len, "seq_len")
+        batch_sizes = _as_sizes(batch_size, "batch_size")
+        if limit is not None and max(seq_lens) > limit:
+            raise ValueError(f"seq_len {max(seq_lens)} exceeds the model's maximum sequence length {limit}.")
+        if len(seq_lens) * len(batch_sizes) > 16:
+            logger.warning("Compiling %d specialisations; each one is a session in memory when used.",
+                           len(seq_lens) * len(batch_sizes))
+        specializations = [{"batch_size": b, "seq_len": s} for b in batch_sizes for s in seq_lens]
+        return self._compile(specializations, backend=backend, compile_dir=compile_dir, **backend_options)
+
+    @property
+    def compiled_seq_lens(self) -> list[int]:
+        return sorted({spec["seq_len"] for spec in self.program.specializations})
+
+    @property
+    def compiled_batch_sizes(self) -> list[int]:
+        return sorted({spec["batch_size"] for spec in self.program.specializations})
+
+    # ---- running -----------------------------------------------------------------------------------
+
+    def generate(self, inputs: Any, runtime: str = "compiled") -> dict[str, np.ndarray]:
+        """Run tokenised inputs (a tokenizer's output, or a dict with `input_ids` and `attention_mask`).
+
+        Inputs are padded to the smallest compiled shape that fits and the padding is removed from the
+        result. `runtime="pytorch"` runs the transformed PyTorch model instead of the compiled program.
+        Returns `{output_name: array}`: `[B, H]` embeddings, or `[B, S, H]` hidden states.
+        """
+        input_ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        attention_mask = np.asarray(inputs.get("attention_mask", np.ones_like(input_ids)), dtype=np.int64)
+        if input_ids.ndim == 1:
+            input_ids, attention_mask = input_ids[None], attention_mask[None]
+        if input_ids.size == 0:
+            raise ValueError("generate() got empty inputs.")
+        if runtime == "pytorch":
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+            return {self.output_name: out.numpy()}
+        if runtime != "compiled":
+            raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
+        rows = [row[mask.astype(bool)].tolist() for row, mask in zip(input_ids, attention_mask)]
+        if any(not mask[: int(mask.sum())].all() for mask in attention_mask):
+            raise ValueError("generate() expects right-padded inputs (attention_mask = 1s then 0s).")
+        out = self._run_rows(rows)
+        if self.output_name == "last_hidden_state":
+            out = out[:, : input_ids.shape[1]]
+        return {self.output_name: out}
+
+    def _run_rows(self, rows: list[list[int]]) -> np.ndarray:
+        """Run token rows through the program; returns `[len(rows), H]` or `[len(rows), S_max, H]`."""
+        longest = max(len(r) for r in rows)
+        seq = smallest_fit(longest, self.compiled_seq_lens)
+        if seq is None:
+            raise ValueError(
+                f"Input of {longest} tokens is longer than the largest compiled seq_len "
+                f"{max(self.compiled_seq_lens)}; compile a longer seq_len or truncate the input."
+            )
+        pad_id = self._pad_token_id()
+        outputs, start = [], 0
+        for used, batch in plan_batches(len(rows), self.compiled_batch_sizes):
+            feed = pad_to_shape(rows[start : start + used], batch, seq, pad_id)
+            outputs.append(self.program.run(feed)[self.output_name][:used])
+            start += used
+        if self.output_name == "last_hidden_state":
+            outputs = [o[:, :longest] for o in outputs]
+        return np.concatenate(outputs)
+
+    def _pad_token_id(self) -> int:
+        config = getattr(self.hf_model, "config", None)
+        pad = getattr(config, "pad_token_id", None)
+        if pad is None and self.tokenizer is not None:
+            pad = self.tokenizer.pad_token_id
+        return int(pad or 0)
+
+
+class QEFFAutoModel(QEFFTransformersBase):
+    """Encoder-only models (BERT family) for embeddings, with pooling and normalisation inside the graph.
+
+    ```python
+    model = QEFFAutoModel.from_pretrained(path, pooling="mean", normalize=True)
+    model.compile(seq_len=[32, 128], batch_size=32)
+    embeddings = model.encode(["a sentence", "another one"])
+    ```
+
+    `pooling` is `"mean"`, `"max"`, `"cls"`, `"avg"`, a callable `(last_hidden_state, attention_mask) ->
+    [B, H]`, or None (the graph then returns `last_hidden_state`). `normalize=True` L2-normalises the
+    pooled embedding.
+    """
+
+    def __init__(
+        self, model: nn.Module, pooling: str | PoolingFn | None = None, normalize: bool = False, **kwargs: Any
+    ) -> None:
+        config = getattr(model, "config", None)
+        check_encoder_supported(getattr(config, "model_type", type(model).__name__),
+                                getattr(config, "architectures", None))
+        super().__init__(model, extra_pytorch_transforms=[PoolingTransform(pooling, normalize)], **kwargs)
+
+    @classmethod
+    def _init_kwargs(cls) -> tuple[str, ...]:
+        return ("pooling", "normalize", "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load an encoder; `pooling=` and `normalize=` configure the exported graph.
+
+        The tokenizer is loaded from the same place when one is there (used by `encode`).
+        """
+        from transformers import AutoConfig
+
+        source = str(pretrained_model_name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(source, **{k: kwargs[k] for k in ("gguf_file",) if k in kwargs})
+        except (OSError, ValueError):
+            config = None  # load_pretrained raises the clear error
+        if config is not None:
+            check_encoder_supported(config.model_type, getattr(config, "architectures", None))
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.tokenizer is None:
+            try:
+                model.tokenizer = AutoTokenizer.from_pretrained(model.pretrained_model_name_or_path)
+            except (OSError, ValueError, TypeError) as exc:
+                logger.info("No tokenizer loaded from %s (%s); pass tokenizer= to encode().", source, exc)
+        return model
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        truncate: bool = False,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Embed sentences, as sentence-transformers' `encode` does, on the compiled program.
+
+        Sentences are tokenised, sorted by length, run `batch_size` at a time on the smallest compiled
+        shapes that fit, and returned in input order: a float32 `[N, H]` array (a `[H]` vector for a
+        single string). Without pooling, a list of `[n_tokens, H]` token-embedding arrays.
+        A sentence longer than the largest compiled `seq_len` is an error unless `truncate=True`.
+        Compiles (for `batch_size` and the default sequence lengths) if the model is not compiled yet.
+        """
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if not texts:
+            raise ValueError("encode() got an empty list of sentences; pass at least one string.")
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode() takes a string or a list of strings.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("encode() needs a tokenizer: none was found with the model; pass tokenizer=.")
+        if self._program is None:
+            self.compile(batch_size=batch_size)
+        max_len = max(self.compiled_seq_lens)
+        rows = tokenizer(texts, padding=False, truncation=False, verbose=False)["input_ids"]
+        too_long = [i for i, r in enumerate(rows) if len(r) > max_len]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise ValueError(
+                f"Sentence {i} has {len(rows[i])} tokens, more than the largest compiled seq_len {max_len} "
+                f"({len(too_long)} sentence(s) too long). Compile a longer seq_len, or pass truncate=True."
+            )
+        if too_long:
+            clipped = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_len)["input_ids"]
+            for i, row in zip(too_long, clipped):
+                rows[i] = row
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        results: list[Any] = [None] * len(rows)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out = self._run_rows([rows[i] for i in chunk])
+            for i, value in zip(chunk, out):
+                results[i] = value[: len(rows[i])] if out.ndim == 3 else value
+        if out.ndim == 3:
+            return results[0] if single else results
+        embeddings = np.stack(results).astype(np.float32, copy=False)
+        return embeddings[0] if single else embeddings
