@@ -47,9 +47,11 @@ class ValidationReport:
         return all(s.passed for s in self.stages)
 
     def table(self) -> str:
-        lines = [f"Validation of {self.model} (tolerance {self.atol:g} absolute)",
-                 f"{'stage':<22} {'shape':<16} {'max |diff| vs HF':>17}  result",
-                 "-" * 66]
+        lines = [
+            f"Validation of {self.model} (tolerance {self.atol:g} absolute)",
+            f"{'stage':<22} {'shape':<16} {'max |diff| vs HF':>17}  result",
+            "-" * 66,
+        ]
         for s in self.stages:
             lines.append(f"{s.stage:<22} {str(s.shape):<16} {s.max_abs_diff:>17.3e}  {'PASS' if s.passed else 'FAIL'}")
         lines.append(f"overall: {'PASS' if self.passed else 'FAIL'}")
@@ -111,4 +113,3 @@ def validate(
         model.compile(seq_len=seq_len or [max(8, 1 << (longest - 1).bit_length())])
     add("compiled program", model.generate(batch)[model.output_name])
     return report
-

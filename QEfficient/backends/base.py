@@ -88,7 +88,9 @@ def check_specializations(specializations: list[Specialization], input_dims: dic
     symbols = graph_symbols(input_dims)
     for spec in specializations:
         if set(spec) != symbols:
-            raise ValueError(f"Specialisation {spec} must set exactly the graph's symbolic dimensions {sorted(symbols)}.")
+            raise ValueError(
+                f"Specialisation {spec} must set exactly the graph's symbolic dimensions {sorted(symbols)}."
+            )
         bad = {k: v for k, v in spec.items() if not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"Specialisation sizes must be positive integers; got {bad}.")

@@ -115,7 +115,9 @@ class OnnxRuntimeBackend(Backend):
         session_options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", WEIGHTS_FILE
         )
-        session_options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        session_options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
         session_options.log_severity_level = 3
         # Offline optimisation on the CPU provider gives a graph that every provider can load.
         ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])

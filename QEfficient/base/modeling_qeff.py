@@ -134,13 +134,22 @@ class QEFFBaseModel(ABC):
             raw.mkdir()
             self._torch_export(example_inputs, output_names, dynamic_axes, raw / ONNX_FILE, opset)
             graph = onnx.load(str(raw / ONNX_FILE))
-            context = {"export_hash": export_hash, "version": QEfficient.__version__,
-                       "transforms": ",".join(self.applied_transforms)}
+            context = {
+                "export_hash": export_hash,
+                "version": QEfficient.__version__,
+                "transforms": ",".join(self.applied_transforms),
+            }
             for transform in self._onnx_transforms:
                 graph, _ = transform.apply(graph, **context)
             shutil.rmtree(raw)
-            onnx.save_model(graph, str(tmp / ONNX_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=ONNX_DATA_FILE, size_threshold=1024)
+            onnx.save_model(
+                graph,
+                str(tmp / ONNX_FILE),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=ONNX_DATA_FILE,
+                size_threshold=1024,
+            )
             return {"kind": "export", "export_hash": export_hash, "hash_params": params, "onnx": ONNX_FILE}
 
         directory, manifest = build_artifact(directory, build, description="ONNX export")
@@ -198,11 +207,18 @@ class QEFFBaseModel(ABC):
             "options": backend_options,
         }
         compile_hash = hash_params(params)
-        directory = Path(compile_dir) if compile_dir else onnx_path.parent / "compiled" / f"{engine.name}-{compile_hash}"
+        directory = (
+            Path(compile_dir) if compile_dir else onnx_path.parent / "compiled" / f"{engine.name}-{compile_hash}"
+        )
 
         def build(tmp: Path) -> dict[str, Any]:
             metadata = engine.compile(onnx_path, tmp, specializations, backend_options)
-            return {**metadata, "kind": "program", "compile_hash": compile_hash, "source_export_hash": params["export_hash"]}
+            return {
+                **metadata,
+                "kind": "program",
+                "compile_hash": compile_hash,
+                "source_export_hash": params["export_hash"],
+            }
 
         directory, manifest = build_artifact(directory, build, description=f"{engine.name} program")
         self.program_path = directory

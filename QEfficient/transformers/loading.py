@@ -72,8 +72,10 @@ def load_pretrained(auto_class: Any, name_or_path: str | os.PathLike, *args: Any
     source, is_local = resolve_model_source(name_or_path)
     requested_dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
     if requested_dtype not in (None, torch.float32, "float32"):
-        logger.warning("dtype=%s requested; QEfficient loads fp32 weights for export (precision is a compile option).",
-                       requested_dtype)
+        logger.warning(
+            "dtype=%s requested; QEfficient loads fp32 weights for export (precision is a compile option).",
+            requested_dtype,
+        )
     if kwargs.pop("device_map", None) is not None:
         logger.warning("device_map is ignored: export needs every weight materialised on the CPU.")
     kwargs["dtype"] = torch.float32

@@ -37,5 +37,5 @@ def pad_to_shape(rows: Sequence[Sequence[int]], batch: int, seq_len: int, pad_to
     for i, row in enumerate(rows):
         input_ids[i, : len(row)] = row
         attention_mask[i, : len(row)] = 1
-    attention_mask[len(rows):, 0] = 1
+    attention_mask[len(rows) :, 0] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from QEfficient.base.modeling_qeff import QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
@@ -138,8 +138,10 @@ class QEFFTransformersBase(QEFFBaseModel):
         if limit is not None and max(seq_lens) > limit:
             raise ValueError(f"seq_len {max(seq_lens)} exceeds the model's maximum sequence length {limit}.")
         if len(seq_lens) * len(batch_sizes) > 16:
-            logger.warning("Compiling %d specialisations; each one is a session in memory when used.",
-                           len(seq_lens) * len(batch_sizes))
+            logger.warning(
+                "Compiling %d specialisations; each one is a session in memory when used.",
+                len(seq_lens) * len(batch_sizes),
+            )
         specializations = [{"batch_size": b, "seq_len": s} for b in batch_sizes for s in seq_lens]
         return self._compile(specializations, backend=backend, compile_dir=compile_dir, **backend_options)
 
@@ -225,8 +227,9 @@ class QEFFAutoModel(QEFFTransformersBase):
         self, model: nn.Module, pooling: str | PoolingFn | None = None, normalize: bool = False, **kwargs: Any
     ) -> None:
         config = getattr(model, "config", None)
-        check_encoder_supported(getattr(config, "model_type", type(model).__name__),
-                                getattr(config, "architectures", None))
+        check_encoder_supported(
+            getattr(config, "model_type", type(model).__name__), getattr(config, "architectures", None)
+        )
         super().__init__(model, extra_pytorch_transforms=[PoolingTransform(pooling, normalize)], **kwargs)
 
     @classmethod

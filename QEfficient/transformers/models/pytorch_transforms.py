@@ -20,7 +20,9 @@ class PoolingTransform(PytorchTransform):
         self.pooling_fn = resolve_pooling(pooling)
         self.normalize = normalize
         if normalize and pooling is None:
-            raise ValueError("normalize=True needs a pooling (e.g. pooling='mean'): token embeddings are not normalised.")
+            raise ValueError(
+                "normalize=True needs a pooling (e.g. pooling='mean'): token embeddings are not normalised."
+            )
 
     @property
     def name(self) -> str:

