@@ -40,7 +40,7 @@ def weights_digest(model: nn.Module) -> str:
         if tensor.is_meta:
             raise ValueError(f"Weight {name} is on the meta device; materialise the model before export.")
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

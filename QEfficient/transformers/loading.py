@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,50 @@ def choose_attention(model_class: type[PreTrainedModel], requested: str | None) 
     return chosen
 
 
-def load_pretrained(auto_class: Any, name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
+_CONFIG_KWARGS = ("gguf_file", "trust_remote_code", "revision", "cache_dir", "subfolder")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def local_then_hub(load: Callable[..., Any], source: str, is_local: bool) -> Any:
+    """Call `load(**extra)` for a local folder; for a hub id, the HF cache first, then the hub.
+
+    Failing both gives `ModelNotFoundError` with what to do; with `HF_HUB_OFFLINE` set the hub is not asked
+    (HF would otherwise retry a missing network for about 30 s).
+    """
+    if is_local:
+        return load()
+    try:
+        return load(local_files_only=True)
+    except OSError:
+        if _hub_offline():
+            raise ModelNotFoundError(
+                f"Model '{source}' is not a local folder and is not in the HF cache, and HF_HUB_OFFLINE is set. "
+                f"Pass a local folder, or download it first (hf download {source})."
+            ) from None
+    try:
+        return load()
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"Model '{source}' is not a local folder, not in the HF cache, and the hub could not provide it "
+            f"({str(exc).splitlines()[0]}). Pass a local folder path instead."
+        ) from None
+
+
+def load_pretrained(
+    auto_class: Any,
+    name_or_path: str | os.PathLike,
+    *args: Any,
+    check_config: Callable[[PretrainedConfig], None] | None = None,
+    **kwargs: Any,
+) -> PreTrainedModel:
     """`auto_class.from_pretrained` with the settings export needs, from a local folder or the (offline) hub.
 
     Forced: `dtype=float32`, an exportable `attn_implementation`, no `device_map` offloading. A hub id is
-    first looked up in the local HF cache; only if it is not there is the hub asked.
+    first looked up in the local HF cache; only if it is not there is the hub asked. `check_config(config)`
+    runs before any weight is read, to reject an unsupported architecture early.
     """
     source, is_local = resolve_model_source(name_or_path)
     requested_dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
@@ -78,48 +118,27 @@ def load_pretrained(auto_class: Any, name_or_path: str | os.PathLike, *args: Any
         )
     if kwargs.pop("device_map", None) is not None:
         logger.warning("device_map is ignored: export needs every weight materialised on the CPU.")
-    kwargs["dtype"] = torch.float32
     requested_attention = kwargs.pop("attn_implementation", None)
 
     def load(**extra: Any) -> PreTrainedModel:
-        model_class = _resolve_class(auto_class, source, kwargs, extra)
+        config_kwargs = {k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs}
+        config = AutoConfig.from_pretrained(source, **config_kwargs, **extra)
+        if check_config is not None:
+            check_config(config)
+        model_class = getattr(auto_class, "_model_mapping", {}).get(type(config), auto_class)
         attention = choose_attention(model_class, requested_attention)
         logger.info("Loading %s with dtype=float32, attn_implementation=%r (forced for export).", source, attention)
-        return auto_class.from_pretrained(source, *args, attn_implementation=attention, **kwargs, **extra)
+        return auto_class.from_pretrained(
+            source, *args, dtype=torch.float32, attn_implementation=attention, **kwargs, **extra
+        )
 
-    if is_local or kwargs.get("local_files_only"):
-        model = load()
-    else:
-        try:
-            model = load(local_files_only=True)
-        except OSError:
-            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-                raise ModelNotFoundError(
-                    f"Model '{source}' is not a local folder and is not in the HF cache, and HF_HUB_OFFLINE is set. "
-                    f"Pass a local folder, or download it first (huggingface-cli download {source})."
-                ) from None
-            try:
-                model = load()
-            except OSError as exc:
-                raise ModelNotFoundError(
-                    f"Model '{source}' is not a local folder, not in the HF cache, and the hub could not provide it "
-                    f"({str(exc).splitlines()[0]}). Pass a local folder path instead."
-                ) from None
-    return prepare_for_export(model)
+    return prepare_for_export(local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only"))))
 
 
-def _resolve_class(auto_class: Any, source: str, kwargs: dict[str, Any], extra: dict[str, Any]) -> type:
-    """The concrete model class `auto_class` would build, to know which attention it supports."""
-    from transformers import AutoConfig
-
-    if not hasattr(auto_class, "_model_mapping"):
-        return auto_class  # a concrete PreTrainedModel class
-    config_kwargs = {k: kwargs[k] for k in ("gguf_file", "trust_remote_code", "revision", "cache_dir") if k in kwargs}
-    config = AutoConfig.from_pretrained(source, **config_kwargs, **extra)
-    try:
-        return auto_class._model_mapping[type(config)]
-    except KeyError:
-        return auto_class  # unsupported: let from_pretrained raise its own error
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model (same local-first rule as `load_pretrained`)."""
+    source, is_local = resolve_model_source(name_or_path)
+    return local_then_hub(lambda **extra: AutoTokenizer.from_pretrained(source, **kwargs, **extra), source, is_local)
 
 
 def prepare_for_export(model: PreTrainedModel) -> PreTrainedModel:

@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedTokenizerBase
 
 from QEfficient.base.modeling_qeff import QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
 from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
 from QEfficient.transformers.embeddings.pooling import EncoderForExport, PoolingFn
-from QEfficient.transformers.loading import load_pretrained, prepare_for_export
+from QEfficient.transformers.loading import load_pretrained, load_tokenizer, prepare_for_export
 from QEfficient.transformers.models.pytorch_transforms import PoolingTransform
 from QEfficient.transformers.models.registry import check_encoder_supported
 
@@ -70,13 +70,19 @@ class QEFFTransformersBase(QEFFBaseModel):
         QEfficient forces fp32 and an exportable attention implementation and logs what it changed.
         """
         init_kwargs = {k: kwargs.pop(k) for k in cls._init_kwargs() if k in kwargs}
-        model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
+        model = load_pretrained(
+            cls._hf_auto_class, pretrained_model_name_or_path, *args, check_config=cls._check_config, **kwargs
+        )
         return cls(model, pretrained_model_name_or_path=str(pretrained_model_name_or_path), **init_kwargs)
 
     @classmethod
     def _init_kwargs(cls) -> tuple[str, ...]:
         """Keyword arguments of `from_pretrained` that configure the wrapper rather than the HF load."""
         return ()
+
+    @staticmethod
+    def _check_config(config: Any) -> None:
+        """Reject an unsupported architecture from its config, before any weight is loaded."""
 
     # ---- identity ----------------------------------------------------------------------------------
 
@@ -91,7 +97,10 @@ class QEFFTransformersBase(QEFFBaseModel):
         return type(self.hf_model).__name__
 
     def __repr__(self) -> str:
-        transforms = ", ".join(transform_name(t) for t in self.transforms)
+        transforms = ", ".join(
+            name if name in self.applied_transforms else f"{name} (no-op)"
+            for name in (transform_name(t) for t in self.transforms)
+        )
         return f"{type(self).__name__}(transforms=[{transforms}])\n{self.model!r}"
 
     # ---- export / compile --------------------------------------------------------------------------
@@ -242,22 +251,18 @@ class QEFFAutoModel(QEFFTransformersBase):
 
         The tokenizer is loaded from the same place when one is there (used by `encode`).
         """
-        from transformers import AutoConfig
-
-        source = str(pretrained_model_name_or_path)
-        try:
-            config = AutoConfig.from_pretrained(source, **{k: kwargs[k] for k in ("gguf_file",) if k in kwargs})
-        except (OSError, ValueError):
-            config = None  # load_pretrained raises the clear error
-        if config is not None:
-            check_encoder_supported(config.model_type, getattr(config, "architectures", None))
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if model.tokenizer is None:
+            tokenizer_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
             try:
-                model.tokenizer = AutoTokenizer.from_pretrained(model.pretrained_model_name_or_path)
+                model.tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
             except (OSError, ValueError, TypeError) as exc:
-                logger.info("No tokenizer loaded from %s (%s); pass tokenizer= to encode().", source, exc)
+                logger.info("No tokenizer found with %s (%s); pass tokenizer= to encode().", model.model_name, exc)
         return model
+
+    @staticmethod
+    def _check_config(config: Any) -> None:
+        check_encoder_supported(config.model_type, getattr(config, "architectures", None))
 
     def encode(
         self,

@@ -1,0 +1,94 @@
+"""The backend interface: a second backend plugs in beside ONNX Runtime without touching the model classes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from QEfficient import QEFFAutoModel
+from QEfficient.backends import Backend, Program, get_backend, register_backend
+from QEfficient.backends.base import check_specializations
+from QEfficient.backends.onnxruntime import graph_input_dims
+
+SENTENCES = ["a short one", "a rather longer sentence for the second row"]
+
+
+class GatherElements(OpRun):
+    """GatherElements is `np.take_along_axis` (onnx 1.23's reference kernel fails on the BERT graph)."""
+
+    def _run(self, data: np.ndarray, indices: np.ndarray, axis: int = 0) -> tuple[np.ndarray]:
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
+class ReferenceProgram(Program):
+    def __init__(self, program_dir: Path, manifest: dict[str, Any]) -> None:
+        super().__init__(manifest)
+        self.evaluator = ReferenceEvaluator(str(Path(program_dir) / "model.onnx"), new_ops=[GatherElements])
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.specialization_of(inputs)
+        outputs = self.evaluator.run(self.output_names, {n: inputs[n] for n in self.input_dims})
+        return dict(zip(self.output_names, outputs))
+
+
+@register_backend
+class OnnxReferenceBackend(Backend):
+    """onnx's pure-Python reference evaluator: slow, but an independent implementation of every op."""
+
+    name = "onnx-reference"
+
+    @property
+    def version(self) -> str:
+        return onnx.__version__
+
+    def compile(self, onnx_path: Path, out_dir: Path, specializations: list, options: dict[str, Any]) -> dict:
+        graph = onnx.load(str(onnx_path), load_external_data=False)
+        input_dims = graph_input_dims(graph)
+        check_specializations(specializations, input_dims)
+        for name in ("model.onnx", "model.onnx.data"):
+            shutil.copy(Path(onnx_path).parent / name, Path(out_dir) / name)
+        outputs = [o.name for o in graph.graph.output]
+        return {"specializations": specializations, "inputs": input_dims, "outputs": outputs, "options": options}
+
+    def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> ReferenceProgram:
+        return ReferenceProgram(program_dir, manifest)
+
+
+def test_second_backend_runs_the_same_model(tiny_encoder_dirs) -> None:
+    folder = tiny_encoder_dirs["bert"]
+    reference = QEFFAutoModel.from_pretrained(folder, pooling="mean", normalize=True)
+    program = reference.compile(seq_len=16, batch_size=2, backend="onnx-reference")
+    assert program.name.startswith("onnx-reference-")
+    ort_model = QEFFAutoModel.from_pretrained(folder, pooling="mean", normalize=True)
+    ort_model.compile(seq_len=16, batch_size=2)
+    np.testing.assert_allclose(reference.encode(SENTENCES), ort_model.encode(SENTENCES), atol=1e-5, rtol=0)
+    pytorch = ort_model.generate(ort_model.tokenizer(SENTENCES, padding=True), runtime="pytorch")
+    np.testing.assert_allclose(reference.encode(SENTENCES), pytorch["sentence_embedding"], atol=1e-5, rtol=0)
+
+
+def test_unknown_backend_lists_available() -> None:
+    try:
+        get_backend("tpu")
+    except ValueError as exc:
+        assert "onnxruntime" in str(exc) and "Unknown backend 'tpu'" in str(exc)
+    else:
+        raise AssertionError("get_backend accepted an unknown name")
+
+
+def test_sessions_share_one_weight_file(tiny_encoder_dirs) -> None:
+    model = QEFFAutoModel.from_pretrained(tiny_encoder_dirs["bert"], pooling="cls")
+    program_dir = model.compile(seq_len=[8, 16, 32], batch_size=[1, 2])
+    assert sorted(p.name for p in program_dir.iterdir()) == ["model.onnx", "model.onnx.data", "qeff_manifest.json"]
+    model.encode(["one", "two words", "three words here " * 3], batch_size=2)
+    program = model.program
+    assert 1 < len(program._sessions) < len(program.specializations)  # created lazily, on first use
+    assert all(
+        s.get_inputs()[0].shape == list(program.specializations[i].values()) for i, s in program._sessions.items()
+    )
