@@ -29,22 +29,45 @@ class Program(ABC):
     def input_names(self) -> list[str]:
         return list(self.input_dims)
 
-    def specialization_of(self, inputs: dict[str, np.ndarray]) -> int:
-        """Index of the specialisation whose shapes the inputs have; a clear error if none matches."""
-        missing = set(self.input_dims) - set(inputs)
+    def specialization_of(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        """Index of the specialisation whose shapes these are; a clear error if none matches."""
+        missing = set(self.input_dims) - set(shapes)
         if missing:
             raise ValueError(f"Missing program inputs: {sorted(missing)}; the program takes {self.input_names}.")
         for index, spec in enumerate(self.specializations):
             if all(
-                list(inputs[name].shape) == [spec[d] if isinstance(d, str) else d for d in dims]
+                list(shapes[name]) == [spec[d] if isinstance(d, str) else d for d in dims]
                 for name, dims in self.input_dims.items()
             ):
                 return index
-        shapes = {name: tuple(inputs[name].shape) for name in self.input_dims}
+        given = {name: tuple(shapes[name]) for name in self.input_dims}
         raise ValueError(
-            f"Input shapes {shapes} match no compiled specialisation {self.specializations}; "
+            f"Input shapes {given} match no compiled specialisation {self.specializations}; "
             "pad the inputs to a compiled shape or compile for this one."
         )
+
+    def state_names(self) -> list[str]:
+        """Inputs `X` that have a retained-state output `X_RetainedState` (e.g. the KV cache)."""
+        outputs = set(self.output_names)
+        return [name for name in self.input_dims if f"{name}_RetainedState" in outputs]
+
+    def new_state(self, specialization: Specialization, dtype: type = np.float32) -> dict[str, np.ndarray]:
+        """Zero-filled retained state for `specialization` (backends may keep it in device memory)."""
+        return {
+            name: np.zeros([specialization[d] if isinstance(d, str) else d for d in self.input_dims[name]], dtype)
+            for name in self.state_names()
+        }
+
+    def run_with_state(self, inputs: dict[str, np.ndarray], state: Any) -> dict[str, np.ndarray]:
+        """Run one step: state inputs come from `state`, their `_RetainedState` outputs replace it in place.
+
+        Returns the other outputs. This generic version copies through the host; backends override it to
+        keep the state where it lives.
+        """
+        outputs = self.run({**inputs, **state})
+        for name in state:
+            state[name] = outputs.pop(f"{name}_RetainedState")
+        return outputs
 
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

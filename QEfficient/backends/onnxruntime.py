@@ -80,9 +80,47 @@ class OnnxRuntimeProgram(Program):
         return self._sessions[index]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.session(self.specialization_of(inputs))
+        session = self.session(self.specialization_of({name: a.shape for name, a in inputs.items()}))
         feed = {name: inputs[name] for name in self.input_dims}
         return dict(zip(self.output_names, session.run(self.output_names, feed)))
+
+    def new_state(self, specialization: Specialization, dtype: type = np.float32) -> OrtRetainedState:
+        """Retained state as two sets of ORT values that swap roles after every step (no host copies)."""
+        return OrtRetainedState(super().new_state(specialization, dtype))
+
+    def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
+        shapes = {**{name: a.shape for name, a in inputs.items()}, **state.shapes}
+        session = self.session(self.specialization_of(shapes))
+        binding = session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        others = [name for name in self.output_names if not name.endswith("_RetainedState")]
+        for name in others:  # bound first: outputs come back in binding order
+            binding.bind_output(name)
+        for name in state.names:
+            binding.bind_ortvalue_input(name, state.current[name])
+            binding.bind_ortvalue_output(f"{name}_RetainedState", state.spare[name])
+        session.run_with_iobinding(binding)
+        state.swap()
+        values = binding.get_outputs()
+        return {name: values[i].numpy() for i, name in enumerate(others)}
+
+
+class OrtRetainedState:
+    """Retained state in ORT values: `current` is read by the next step, which writes into `spare`."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.names = list(arrays)
+        self.shapes = {name: a.shape for name, a in arrays.items()}
+        self.current = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+        self.spare = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros_like(a)) for name, a in arrays.items()}
+
+    def swap(self) -> None:
+        self.current, self.spare = self.spare, self.current
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """A host copy of the current state (for inspection and tests)."""
+        return {name: value.numpy() for name, value in self.current.items()}
 
 
 class OnnxRuntimeBackend(Backend):

@@ -119,6 +119,7 @@ class QEFFBaseModel(ABC):
         params = {
             **self._model_identity(),
             "input_names": list(example_inputs),
+            "example_shapes": {name: list(t.shape) for name, t in example_inputs.items()},  # static dims
             "output_names": output_names,
             "dynamic_axes": dynamic_axes,
             "opset": opset,

@@ -11,19 +11,20 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from QEfficient.base.modeling_qeff import QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
 from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
 from QEfficient.transformers.embeddings.pooling import EncoderForExport, PoolingFn
 from QEfficient.transformers.loading import load_pretrained, load_tokenizer, prepare_for_export
-from QEfficient.transformers.models.pytorch_transforms import PoolingTransform
+from QEfficient.transformers.models.pytorch_transforms import KVCacheTransform, PoolingTransform
 from QEfficient.transformers.models.registry import check_encoder_supported
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEQ_LENS = (32, 128, 512)
+DEFAULT_CTX_LEN = 128
 
 
 def max_sequence_length(config: Any) -> int | None:
@@ -316,3 +317,179 @@ class QEFFAutoModel(QEFFTransformersBase):
             return results[0] if single else results
         embeddings = np.stack(results).astype(np.float32, copy=False)
         return embeddings[0] if single else embeddings
+
+
+class QEFFAutoModelForCausalLM(QEFFTransformersBase):
+    """Decoder-only language models with a fixed-size retained-state KV cache (docs/causal_lm.md).
+
+    ```python
+    model = QEFFAutoModelForCausalLM.from_pretrained(path_or_id)          # or gguf_file=...
+    model.compile(prefill_seq_len=32, ctx_len=256, batch_size=1)          # exports first if needed
+    out = model.generate(tokenizer, prompts=["The capital of France is"], generation_len=64)
+    out.generated_texts, out.generated_ids, out.perf_metrics
+    ```
+
+    Any model that follows transformers' Cache and attention interfaces works with no model-specific code.
+    `continuous_batching=True` adds the `batch_index` input; compile it with `full_batch_size=F`.
+    """
+
+    _hf_auto_class: ClassVar[Any] = AutoModelForCausalLM
+
+    def __init__(self, model: nn.Module, continuous_batching: bool = False, **kwargs: Any) -> None:
+        self.continuous_batching = continuous_batching
+        super().__init__(
+            model,
+            extra_pytorch_transforms=[KVCacheTransform(continuous_batching)],
+            continuous_batching=continuous_batching,
+            **kwargs,
+        )
+        self.ctx_len: int | None = None
+        self.compile_config: dict[str, Any] = {}
+
+    @classmethod
+    def _init_kwargs(cls) -> tuple[str, ...]:
+        return ("continuous_batching", "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load a causal LM (hub id offline from the HF cache, local folder, or `gguf_file=`)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.tokenizer is None:
+            tokenizer_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
+            try:
+                model.tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
+            except (OSError, ValueError, TypeError) as exc:
+                logger.info("No tokenizer found with %s (%s); pass one to generate().", model.model_name, exc)
+        return model
+
+    @property
+    def hf_model(self) -> nn.Module:
+        return self.model.model
+
+    @property
+    def layout(self):  # noqa: ANN201 - KVLayout
+        return self.model.layout
+
+    def export(self, export_dir: str | Path | None = None, ctx_len: int | None = None) -> Path:
+        """Export the one graph that serves prefill and decode: dynamic batch and sequence, static `ctx_len`."""
+        ctx_len = ctx_len or self.ctx_len or DEFAULT_CTX_LEN
+        self.ctx_len = ctx_len
+        batch, seq = 2, 8  # trace with S > 1: sdpa's q_len == 1 branch must not be baked into the graph
+        cache_batch = batch + 1 if self.continuous_batching else batch
+        inputs: dict[str, torch.Tensor] = {
+            "input_ids": torch.zeros((batch, seq), dtype=torch.int64),
+            "position_ids": torch.tensor([list(range(seq)), [0, 1, 2, 3, 4, -1, -1, -1]], dtype=torch.int64),
+        }
+        if self.continuous_batching:
+            inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
+        cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
+        for i, (key, value) in enumerate(zip(self.layout.key_shapes, self.layout.value_shapes)):
+            inputs[f"past_key.{i}"] = torch.zeros((cache_batch, key[0], ctx_len, key[1]))
+            inputs[f"past_value.{i}"] = torch.zeros((cache_batch, value[0], ctx_len, value[1]))
+        axes: dict[str, dict[int, str]] = {
+            "input_ids": {0: "batch_size", 1: "seq_len"},
+            "position_ids": {0: "batch_size", 1: "seq_len"},
+            "logits": {0: "batch_size"},
+        }
+        if self.continuous_batching:
+            axes["batch_index"] = {0: "batch_size"}
+        for name in self.model.past_names():
+            axes[name] = axes[f"{name}_RetainedState"] = {0: cache_axis}
+        return self._export(inputs, self.model.output_names(), axes, export_dir=export_dir)
+
+    def compile(
+        self,
+        prefill_seq_len: int = 32,
+        ctx_len: int = DEFAULT_CTX_LEN,
+        batch_size: int = 1,
+        full_batch_size: int | None = None,
+        backend: str = "onnxruntime",
+        compile_dir: str | Path | None = None,
+        **backend_options: Any,
+    ) -> Path:
+        """Compile the prefill (B x prefill_seq_len) and decode (B x 1) specialisations for one `ctx_len`.
+
+        With continuous batching, prefill runs one prompt at a time (B=1) into one of `full_batch_size`
+        cache rows and decode runs all rows. Exports first if needed.
+        """
+        for name, value in (("prefill_seq_len", prefill_seq_len), ("ctx_len", ctx_len), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if prefill_seq_len > ctx_len:
+            raise ValueError(f"prefill_seq_len ({prefill_seq_len}) must not exceed ctx_len ({ctx_len}).")
+        limit = getattr(self.hf_model.config, "max_position_embeddings", None)
+        if limit is not None and ctx_len > limit:
+            logger.warning("ctx_len %d exceeds the model's max_position_embeddings %d.", ctx_len, limit)
+        if self.continuous_batching and not full_batch_size:
+            raise ValueError("This model was loaded with continuous_batching=True: compile(full_batch_size=F).")
+        if full_batch_size and not self.continuous_batching:
+            raise ValueError(
+                "full_batch_size needs the batch_index input: load with from_pretrained(..., continuous_batching=True)."
+            )
+        if self.ctx_len != ctx_len or self.onnx_path is None:
+            self.export(ctx_len=ctx_len)
+        if full_batch_size:
+            specs = [
+                {"batch_size": 1, "seq_len": prefill_seq_len, "full_batch_size": full_batch_size},
+                {"batch_size": full_batch_size, "seq_len": 1, "full_batch_size": full_batch_size},
+            ]
+        else:
+            specs = [{"batch_size": batch_size, "seq_len": prefill_seq_len}, {"batch_size": batch_size, "seq_len": 1}]
+        specs = [dict(s) for s in {tuple(s.items()): s for s in specs}.values()]  # prefill_seq_len=1: one graph
+        self.compile_config = {
+            "prefill_seq_len": prefill_seq_len,
+            "ctx_len": ctx_len,
+            "batch_size": batch_size,
+            "full_batch_size": full_batch_size,
+        }
+        return self._compile(specs, backend=backend, compile_dir=compile_dir, **backend_options)
+
+    def eos_token_ids(self, tokenizer: Any = None) -> list[int]:
+        """End-of-sequence ids from the generation config, the model config and the tokenizer."""
+        ids: set[int] = set()
+        sources = [getattr(self.hf_model, "generation_config", None), self.hf_model.config, tokenizer]
+        for source in sources:
+            value = getattr(source, "eos_token_id", None)
+            ids |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        return sorted(ids)
+
+    def generate(
+        self,
+        tokenizer: Any = None,
+        prompts: str | Sequence[str] = (),
+        generation_len: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_strings: Sequence[str] = (),
+        streamer: Any = None,
+        chat: bool = False,
+    ):  # noqa: ANN201 - GenerationOutput
+        """Generate text for `prompts` on the compiled program (greedy unless `do_sample=True`).
+
+        More prompts than `batch_size` run in rounds (or, with continuous batching, as cache rows free up).
+        Stops on EOS, a stop string, `generation_len` new tokens, or a full context; `finish_reasons` says
+        which. `streamer` is anything with `put`/`end`, such as transformers' `TextStreamer`.
+        """
+        from QEfficient.generation.sampling import SamplingParams
+        from QEfficient.generation.text_generation import TextGenerator
+
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("generate() needs a tokenizer: none was found with the model; pass tokenizer=.")
+        if not self.compile_config:
+            raise RuntimeError("QEFFAutoModelForCausalLM is not compiled yet; call .compile(...) first.")
+        config = self.compile_config
+        generator = TextGenerator(
+            self.program,
+            tokenizer,
+            config["prefill_seq_len"],
+            config["ctx_len"],
+            config["batch_size"],
+            config["full_batch_size"],
+            self.eos_token_ids(tokenizer),
+        )
+        sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return generator.generate(prompts, generation_len, sampling, stop_strings, streamer, chat)

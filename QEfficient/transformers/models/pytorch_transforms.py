@@ -6,6 +6,7 @@ from torch import nn
 
 from QEfficient.base.pytorch_transforms import PytorchTransform
 from QEfficient.transformers.embeddings.pooling import EncoderForExport, PoolingFn, pooling_name, resolve_pooling
+from QEfficient.transformers.models.causal_lm_wrapper import CausalLMForExport
 
 
 class PoolingTransform(PytorchTransform):
@@ -32,3 +33,17 @@ class PoolingTransform(PytorchTransform):
         if isinstance(model, EncoderForExport):
             raise ValueError("The model is already wrapped for export.")
         return EncoderForExport(model, self.pooling_fn, self.normalize), True
+
+
+class KVCacheTransform(PytorchTransform):
+    """Put a HF causal LM behind the fixed-size retained-state KV-cache contract (`CausalLMForExport`)."""
+
+    def __init__(self, continuous_batching: bool = False) -> None:
+        self.continuous_batching = continuous_batching
+
+    @property
+    def name(self) -> str:
+        return f"KVCacheTransform(continuous_batching={self.continuous_batching})"
+
+    def apply(self, model: nn.Module) -> tuple[nn.Module, bool]:  # type: ignore[override]
+        return CausalLMForExport(model, continuous_batching=self.continuous_batching), True

@@ -1,0 +1,276 @@
+"""Text generation on a compiled causal-LM program: chunked prefill, decode loop, stopping, streaming,
+and continuous batching over `full_batch_size` cache rows.
+
+The program follows docs/causal_lm.md: one graph, a prefill specialisation (B x prefill_seq_len) and a
+decode one (B x 1), the KV cache kept as retained state by the backend between steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from QEfficient.backends import Program
+from QEfficient.generation.metrics import PerfMetrics
+from QEfficient.generation.sampling import Sampler, SamplingParams
+
+FINISH_REASONS = ("eos", "stop_string", "length", "ctx_full")
+
+
+@dataclass
+class GenerationOutput:
+    """What `generate` returns: per prompt, the new text, its token ids and why it stopped."""
+
+    prompts: list[str]
+    generated_texts: list[str]
+    generated_ids: list[list[int]]
+    finish_reasons: list[str]
+    perf_metrics: PerfMetrics
+
+
+@dataclass
+class _Request:
+    index: int
+    prompt_ids: list[int]
+    max_new_tokens: int
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class TextGenerator:
+    """Drives a compiled causal-LM program. Use through `QEFFAutoModelForCausalLM.generate`."""
+
+    def __init__(
+        self,
+        program: Program,
+        tokenizer: Any,
+        prefill_seq_len: int,
+        ctx_len: int,
+        batch_size: int,
+        full_batch_size: int | None = None,
+        eos_token_ids: Sequence[int] = (),
+    ) -> None:
+        self.program = program
+        self.tokenizer = tokenizer
+        self.prefill_seq_len = prefill_seq_len
+        self.ctx_len = ctx_len
+        self.batch_size = batch_size
+        self.full_batch_size = full_batch_size
+        self.eos_token_ids = set(eos_token_ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad if pad is not None else 0)  # its value is never read: padding has position -1
+
+    # ---- input preparation ----------------------------------------------------------------------
+
+    def tokenize(self, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+        """Token ids per prompt; with `chat=True` through the tokenizer's chat template."""
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt.")
+        rows = []
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"Prompt {i} is a {type(prompt).__name__}; prompts are strings.")
+            if not prompt.strip():
+                raise ValueError(f"Prompt {i} is empty; every prompt needs at least one token.")
+            if chat:
+                if getattr(self.tokenizer, "chat_template", None) is None:
+                    raise ValueError("chat=True but the tokenizer has no chat template.")
+                text = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+                )
+                rows.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                rows.append(self.tokenizer(prompt)["input_ids"])
+        return rows
+
+    def _requests(self, rows: list[list[int]], generation_len: int | None) -> list[_Request]:
+        if generation_len is not None and generation_len <= 0:
+            raise ValueError(f"generation_len must be a positive number of tokens; got {generation_len}.")
+        requests = []
+        for i, ids in enumerate(rows):
+            if not ids:
+                raise ValueError(f"Prompt {i} has no tokens.")
+            if len(ids) >= self.ctx_len:
+                raise ValueError(
+                    f"Prompt {i} has {len(ids)} tokens but ctx_len is {self.ctx_len}: it must leave room for at "
+                    f"least one new token. Compile with a larger ctx_len (compile(ctx_len=...))."
+                )
+            room = self.ctx_len - len(ids)
+            requests.append(_Request(i, ids, min(room, generation_len or room)))
+        return requests
+
+    # ---- program steps -------------------------------------------------------------------------
+
+    def _step(self, state: Any, ids: np.ndarray, positions: np.ndarray, batch_index: np.ndarray | None) -> np.ndarray:
+        inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64)}
+        if batch_index is not None:
+            inputs["batch_index"] = batch_index.astype(np.int64)
+        return self.program.run_with_state(inputs, state)["logits"][:, -1, :]
+
+    def _prefill(self, state: Any, rows: list[list[int] | None], batch_index: np.ndarray | None) -> np.ndarray:
+        """Chunked prefill of right-padded rows (None = idle row); logits at each row's last prompt token."""
+        width, chunk = len(rows), self.prefill_seq_len
+        lengths = [len(r) if r else 0 for r in rows]
+        last: np.ndarray | None = None
+        for start in range(0, max(lengths), chunk):
+            ids = np.full((width, chunk), self.pad_token_id, dtype=np.int64)
+            positions = np.full((width, chunk), -1, dtype=np.int64)
+            for r, row in enumerate(rows):
+                piece = row[start : start + chunk] if row else []
+                ids[r, : len(piece)] = piece
+                positions[r, : len(piece)] = np.arange(start, start + len(piece))
+            logits = self._step(state, ids, positions, batch_index)
+            last = np.zeros_like(logits) if last is None else last
+            for r, length in enumerate(lengths):
+                if length and start < length <= start + chunk:
+                    last[r] = logits[r]
+        return last
+
+    # ---- generation --------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        generation_len: int | None = None,
+        sampling: SamplingParams | None = None,
+        stop_strings: Sequence[str] = (),
+        streamer: Any = None,
+        chat: bool = False,
+    ) -> GenerationOutput:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError("Streaming supports one prompt at a time (as transformers' TextStreamer).")
+        requests = self._requests(self.tokenize(prompts, chat), generation_len)
+        sampler = Sampler(sampling or SamplingParams())
+        clock = _Clock()
+        if self.full_batch_size:
+            self._continuous(requests, sampler, stop_strings, clock)
+        else:
+            for start in range(0, len(requests), self.batch_size):
+                self._round(requests[start : start + self.batch_size], sampler, stop_strings, streamer, clock)
+        texts = [self.tokenizer.decode(r.generated, skip_special_tokens=True) for r in requests]
+        metrics = PerfMetrics(
+            prompt_tokens=sum(len(r.prompt_ids) for r in requests),
+            generated_tokens=sum(len(r.generated) for r in requests),
+            ttft_s=clock.first_token - clock.start,
+            prefill_s=clock.prefill,
+            decode_s=clock.decode,
+            total_s=time.perf_counter() - clock.start,
+            decode_tokens=clock.decode_tokens,
+        )
+        return GenerationOutput(
+            prompts, texts, [r.generated for r in requests], [r.finish_reason for r in requests], metrics
+        )
+
+    def _accept(self, request: _Request, token: int, stop_strings: Sequence[str], streamer: Any) -> bool:
+        """Record a new token; return True when the request is finished."""
+        request.generated.append(token)
+        if streamer is not None:
+            streamer.put(np.array([token]))
+        if token in self.eos_token_ids:
+            request.finish_reason = "eos"
+        elif stop_strings and any(s in self.tokenizer.decode(request.generated) for s in stop_strings):
+            request.finish_reason = "stop_string"
+        elif len(request.generated) >= request.max_new_tokens:
+            at_ctx_end = len(request.prompt_ids) + len(request.generated) >= self.ctx_len
+            request.finish_reason = "ctx_full" if at_ctx_end else "length"
+        return request.finish_reason is not None
+
+    def _round(
+        self, requests: list[_Request], sampler: Sampler, stop_strings: Sequence[str], streamer: Any, clock: _Clock
+    ) -> None:
+        """Up to `batch_size` prompts together: prefill all, decode until each one stops."""
+        width = self.batch_size
+        state = self.program.new_state({"batch_size": width, "seq_len": 1})
+        rows: list[list[int] | None] = [r.prompt_ids for r in requests] + [None] * (width - len(requests))
+        if streamer is not None:
+            streamer.put(np.array(requests[0].prompt_ids))
+        t0 = time.perf_counter()
+        logits = self._prefill(state, rows, None)
+        clock.add_prefill(time.perf_counter() - t0)
+        tokens = sampler(logits)
+        active = [not self._accept(r, int(tokens[i]), stop_strings, streamer) for i, r in enumerate(requests)]
+        clock.mark_first_token()
+        positions = np.array([len(r.prompt_ids) for r in requests] + [-1] * (width - len(requests)))
+        while any(active):
+            ids = np.zeros((width, 1), dtype=np.int64)
+            pos = np.full((width, 1), -1, dtype=np.int64)
+            for i, r in enumerate(requests):
+                if active[i]:
+                    ids[i, 0], pos[i, 0] = r.generated[-1], positions[i]
+            t0 = time.perf_counter()
+            logits = self._step(state, ids, pos, None)
+            tokens = sampler(logits)
+            clock.add_decode(time.perf_counter() - t0, sum(active))
+            for i, r in enumerate(requests):
+                if active[i]:
+                    positions[i] += 1
+                    active[i] = not self._accept(r, int(tokens[i]), stop_strings, streamer)
+        if streamer is not None:
+            streamer.end()
+
+    def _continuous(
+        self, requests: list[_Request], sampler: Sampler, stop_strings: Sequence[str], clock: _Clock
+    ) -> None:
+        """Continuous batching: `full_batch_size` cache rows; a finished row takes the next waiting prompt."""
+        slots = self.full_batch_size
+        state = self.program.new_state({"batch_size": slots, "seq_len": 1, "full_batch_size": slots})
+        waiting = deque(requests)
+        running: dict[int, _Request] = {}
+        positions = np.full(slots, -1, dtype=np.int64)
+
+        def admit(slot: int) -> None:
+            while waiting:
+                request = waiting.popleft()
+                t0 = time.perf_counter()
+                logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]))
+                clock.add_prefill(time.perf_counter() - t0)
+                finished = self._accept(request, int(sampler(logits)[0]), stop_strings, None)
+                clock.mark_first_token()
+                if not finished:
+                    running[slot] = request
+                    positions[slot] = len(request.prompt_ids)
+                    return
+            positions[slot] = -1
+
+        for slot in range(slots):
+            admit(slot)
+        while running:
+            ids = np.zeros((slots, 1), dtype=np.int64)
+            for slot, request in running.items():
+                ids[slot, 0] = request.generated[-1]
+            pos = positions.reshape(slots, 1).copy()
+            t0 = time.perf_counter()
+            logits = self._step(state, ids, pos, np.arange(slots).reshape(slots, 1))
+            tokens = sampler(logits)
+            clock.add_decode(time.perf_counter() - t0, len(running))
+            for slot, request in list(running.items()):
+                positions[slot] += 1
+                if self._accept(request, int(tokens[slot]), stop_strings, None):
+                    del running[slot]
+                    admit(slot)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first_token = 0.0
+        self.prefill = 0.0
+        self.decode = 0.0
+        self.decode_tokens = 0
+
+    def add_prefill(self, seconds: float) -> None:
+        self.prefill += seconds
+
+    def add_decode(self, seconds: float, tokens: int) -> None:
+        self.decode += seconds
+        self.decode_tokens += tokens
+
+    def mark_first_token(self) -> None:
+        if not self.first_token:
+            self.first_token = time.perf_counter()

@@ -1,0 +1,125 @@
+"""`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
+
+    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, ...)
+        -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
+
+It builds a `FixedKVCache` over the past buffers and the masks from `position_ids`, calls the HF model
+through its own interfaces (`cache=`, `attention_mask=`, `position_ids=`), and computes logits only at
+each row's last valid position (a pre-hook on the output embedding gathers that hidden state first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
+
+
+class UnsupportedCausalLMError(ValueError):
+    """The causal LM does not fit the generic KV-cache mechanism."""
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Shapes of each layer's cache (`[H_kv, D_k]`, `[H_kv, D_v]`) and the attention kinds in use."""
+
+    key_shapes: tuple[tuple[int, int], ...]
+    value_shapes: tuple[tuple[int, int], ...]
+    sliding_window: int | None
+    # True when the model reads a dict of masks keyed by layer type (config.layer_types), False for one mask.
+    masks_by_layer_type: bool
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.key_shapes)
+
+
+def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
+    """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 2), dtype=torch.int64), cache=cache, use_cache=True)
+    keys, values = [], []
+    for index, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is None or layer.keys.dim() != 4:
+            raise UnsupportedCausalLMError(
+                f"Layer {index} of {type(model).__name__} keeps a {type(layer).__name__} state, not a key/value "
+                "cache; recurrent and state-space layers are not supported yet."
+            )
+        keys.append((layer.keys.shape[1], layer.keys.shape[3]))
+        values.append((layer.values.shape[1], layer.values.shape[3]))
+    if not keys:
+        raise UnsupportedCausalLMError(f"{type(model).__name__} did not fill a key/value cache when called with one.")
+    layer_types, layer_kwargs = get_layer_types_and_kwargs(model.config)
+    unknown = set(layer_types) - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise UnsupportedCausalLMError(f"{type(model).__name__} has layer types {sorted(unknown)}; not supported yet.")
+    windows = {kw["sliding_window"] for t, kw in zip(layer_types, layer_kwargs) if t == "sliding_attention"}
+    if len(windows) > 1:
+        raise UnsupportedCausalLMError(f"{type(model).__name__} mixes sliding windows {sorted(windows)}.")
+    by_type = getattr(model.config, "layer_types", None) is not None
+    return KVLayout(tuple(keys), tuple(values), windows.pop() if windows else None, by_type)
+
+
+class CausalLMForExport(nn.Module):
+    """A HF causal LM behind the fixed-shape, retained-state KV-cache contract."""
+
+    def __init__(self, model: PreTrainedModel, continuous_batching: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = probe_kv_layout(model)
+        self.continuous_batching = continuous_batching
+        self._last_index: torch.Tensor | None = None
+        head = model.get_output_embeddings()
+        if head is None:
+            raise UnsupportedCausalLMError(f"{type(model).__name__} has no output embedding (lm_head).")
+        head.register_forward_pre_hook(self._keep_last_valid_position)
+
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped HF config
+        return self.model.config
+
+    def _keep_last_valid_position(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self._last_index is None:
+            return None
+        hidden = args[0]
+        index = self._last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return (torch.gather(hidden, 1, index), *args[1:])
+
+    def input_names(self) -> list[str]:
+        names = ["input_ids", "position_ids"] + (["batch_index"] if self.continuous_batching else [])
+        return names + self.past_names()
+
+    def past_names(self) -> list[str]:
+        return [f"past_{kind}.{i}" for i in range(self.layout.num_layers) for kind in ("key", "value")]
+
+    def output_names(self) -> list[str]:
+        return ["logits"] + [f"{name}_RetainedState" for name in self.past_names()]
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
+        batch_index = rest[0] if self.continuous_batching else None
+        past = rest[1:] if self.continuous_batching else rest
+        ctx_len = past[0].shape[2]
+        cache = FixedKVCache(list(zip(past[0::2], past[1::2])), position_ids, batch_index)
+        masks = attention_masks(position_ids, ctx_len, past[0].dtype, self.layout.sliding_window)
+        if self.layout.masks_by_layer_type:
+            mask = masks
+        else:
+            mask = masks.get("sliding_attention", masks["full_attention"])
+        self._last_index = position_ids.argmax(dim=1)
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids.clamp(min=0),
+                attention_mask=mask,
+                cache=cache,
+                use_cache=True,
+            )
+        finally:
+            self._last_index = None
+        return (out.logits.float(), *cache.retained_state())
