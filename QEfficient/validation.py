@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -28,10 +29,13 @@ DEFAULT_SENTENCES = (
 
 @dataclass
 class StageResult:
+    """One stage compared with HF: its largest absolute difference (or, for generation, differing tokens)."""
+
     stage: str
     max_abs_diff: float
     shape: tuple[int, ...]
     passed: bool
+    detail: str = ""
 
 
 @dataclass
@@ -47,13 +51,17 @@ class ValidationReport:
         return all(s.passed for s in self.stages)
 
     def table(self) -> str:
+        tokens = any(s.detail for s in self.stages)
+        title = "exact greedy tokens" if tokens else f"tolerance {self.atol:g} absolute"
+        column = "tokens equal to HF" if tokens else "max |diff| vs HF"
         lines = [
-            f"Validation of {self.model} (tolerance {self.atol:g} absolute)",
-            f"{'stage':<22} {'shape':<16} {'max |diff| vs HF':>17}  result",
-            "-" * 66,
+            f"Validation of {self.model} ({title})",
+            f"{'stage':<22} {'shape':<16} {column:>18}  result",
+            "-" * 67,
         ]
         for s in self.stages:
-            lines.append(f"{s.stage:<22} {str(s.shape):<16} {s.max_abs_diff:>17.3e}  {'PASS' if s.passed else 'FAIL'}")
+            measure = s.detail or f"{s.max_abs_diff:.3e}"
+            lines.append(f"{s.stage:<22} {str(s.shape):<16} {measure:>18}  {'PASS' if s.passed else 'FAIL'}")
         lines.append(f"overall: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 
@@ -73,13 +81,32 @@ def validate(
 ) -> ValidationReport:
     """Compare HF PyTorch, QEfficient's transformed PyTorch, ONNX Runtime and the compiled program.
 
-    `model` is a `QEFFAutoModel` (or other `QEFFTransformersBase`) or a path/hub id, loaded with
-    `QEFFAutoModel.from_pretrained(model, **from_pretrained_kwargs)` (e.g. `pooling="mean"`).
+    `model` is a QEfficient model or a path/hub id. Encoders (`QEFFAutoModel`, loaded with
+    `from_pretrained(model, **from_pretrained_kwargs)`, e.g. `pooling="mean"`) compare embeddings or
+    hidden states within `atol`; causal LMs go to `validate_causal_lm` (exact greedy tokens; `sentences`
+    are the prompts).
     """
-    from QEfficient.transformers.models.modeling_auto import QEFFAutoModel, QEFFTransformersBase
+    from QEfficient.transformers.models.modeling_auto import (
+        QEFFAutoModel,
+        QEFFAutoModelForCausalLM,
+        QEFFTransformersBase,
+    )
+    from QEfficient.transformers.models.registry import SUPPORTED_ENCODER_MODEL_TYPES
 
     if not isinstance(model, QEFFTransformersBase):
-        model = QEFFAutoModel.from_pretrained(model, **from_pretrained_kwargs)
+        from transformers import AutoConfig
+
+        from QEfficient.transformers.loading import split_gguf_path
+
+        folder, gguf = split_gguf_path(model, from_pretrained_kwargs.get("gguf_file"))
+        model_type = None if gguf else AutoConfig.from_pretrained(folder).model_type
+        if model_type in SUPPORTED_ENCODER_MODEL_TYPES:
+            model = QEFFAutoModel.from_pretrained(model, **from_pretrained_kwargs)
+        else:
+            model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)
+    if isinstance(model, QEFFAutoModelForCausalLM):
+        prompts = DEFAULT_PROMPTS if sentences is DEFAULT_SENTENCES else sentences
+        return validate_causal_lm(model, prompts, tokenizer)
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise ValueError("validate() needs a tokenizer; pass tokenizer=.")
@@ -113,3 +140,81 @@ def validate(
         model.compile(seq_len=seq_len or [max(8, 1 << (longest - 1).bit_length())])
     add("compiled program", model.generate(batch)[model.output_name])
     return report
+
+
+DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea, there lived")
+
+
+def validate_causal_lm(
+    model: Any,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    tokenizer: Any = None,
+    generation_len: int = 32,
+    prefill_seq_len: int = 8,
+    ctx_len: int = 128,
+    **from_pretrained_kwargs: Any,
+) -> ValidationReport:
+    """Greedy tokens of HF `generate`, the transformed PyTorch model, the exported graph in ONNX Runtime and
+    the compiled program, per prompt; every stage must equal HF exactly.
+
+    A `prefill_seq_len` shorter than the prompts exercises chunked prefill.
+    """
+    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims
+    from QEfficient.backends.pytorch import PyTorchProgram
+    from QEfficient.generation.text_generation import TextGenerator
+    from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
+
+    if not isinstance(model, QEFFAutoModelForCausalLM):
+        model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)
+    tokenizer = tokenizer or model.tokenizer
+    if tokenizer is None:
+        raise ValueError("validate_causal_lm() needs a tokenizer; pass tokenizer=.")
+    prompts = list(prompts)
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            out = model.hf_model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=generation_len,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or 0,
+            )
+        expected.append(out[0, ids.shape[1] :].tolist())
+    model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1)
+    manifest = dict(model.program.manifest)
+    raw = onnx.load(str(model.onnx_path), load_external_data=False)
+    raw_manifest = {
+        **manifest,
+        "inputs": graph_input_dims(raw),
+        "options": {**manifest["options"], "session_optimization_level": "all"},
+    }
+    programs = {
+        "transformed PyTorch": PyTorchProgram(model.model, manifest, model.model.input_names()),
+        "ONNX Runtime": OnnxRuntimeProgram(model.onnx_path.parent, raw_manifest),
+        "compiled program": model.program,
+    }
+    report = ValidationReport(model=model.model_name, atol=0.0)
+    total = sum(len(e) for e in expected)
+    report.stages.append(StageResult("HF generate", 0, (len(prompts), generation_len), True, f"{total}/{total}"))
+    eos = model.eos_token_ids(tokenizer)
+    for stage, program in programs.items():
+        generator = TextGenerator(program, tokenizer, prefill_seq_len, ctx_len, 1, None, eos)
+        got = generator.generate(prompts, generation_len).generated_ids
+        equal = sum(_common_prefix(g, e) for g, e in zip(got, expected))
+        passed = got == expected
+        report.stages.append(
+            StageResult(stage, total - equal, (len(prompts), generation_len), passed, f"{equal}/{total}")
+        )
+    return report
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Number of leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -157,3 +157,108 @@ def test_tokenizer_without_pad_token(llama, tokenizer) -> None:
     assert no_pad.pad_token_id is None
     with_pad = llama.generate(prompts=[LONG], generation_len=8).generated_ids
     assert llama.generate(no_pad, prompts=[LONG], generation_len=8).generated_ids == with_pad
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_decoder("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_validate_causal_lm_table(tiny_lm_dir) -> None:
+    from QEfficient import validate
+
+    report = validate(str(tiny_lm_dir), sentences=[SHORT, LONG])
+    table = report.table()
+    assert report.passed, table
+    assert "exact greedy tokens" in table
+    assert [s.stage for s in report.stages] == [
+        "HF generate",
+        "transformed PyTorch",
+        "ONNX Runtime",
+        "compiled program",
+    ]
+
+
+def test_qeff_infer_and_reference_entry_point(tiny_lm_dir, capsys) -> None:
+    from QEfficient.cli.main import main
+    from QEfficient.cloud.infer import main as cloud_infer
+
+    hf = tiny_decoder("llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    expected = tokenizer.decode(hf_greedy(hf, tokenizer, LONG, 12), skip_special_tokens=True).strip()
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(tiny_lm_dir),
+                "--prompt",
+                LONG,
+                "--prompt-len",
+                "8",
+                "--ctx-len",
+                "64",
+                "--generation-len",
+                "12",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"answer: {expected}" in out and "decode" in out and "tokens/s" in out and "program: " in out
+    assert (
+        cloud_infer(
+            [
+                "--model_name",
+                str(tiny_lm_dir),
+                "--prompt",
+                f"{SHORT}|{LONG}",
+                "--prompt_len",
+                "8",
+                "--ctx_len",
+                "64",
+                "--generation_len",
+                "12",
+                "--batch_size",
+                "2",
+                "--num_cores",
+                "16",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert f"answer: {expected}" in captured.out and captured.out.count("answer: ") == 2
+    assert "num_cores" in captured.err  # accepted, and said to be ignored
+
+
+def test_qeff_infer_streams(tiny_lm_dir, capsys) -> None:
+    from QEfficient.cli.main import main
+
+    for extra in ([], ["--full-batch-size", "2"]):
+        assert (
+            main(
+                [
+                    "infer",
+                    "--model",
+                    str(tiny_lm_dir),
+                    "--prompt",
+                    SHORT,
+                    "--prompt-len",
+                    "8",
+                    "--ctx-len",
+                    "32",
+                    "--generation-len",
+                    "5",
+                    "--stream",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+        assert "(stopped: length)" in capsys.readouterr().out
+    assert main(["infer", "--model", str(tiny_lm_dir), "--prompt", f"{SHORT}|{LONG}", "--stream"]) == 2
+    assert "one prompt" in capsys.readouterr().err

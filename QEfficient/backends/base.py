@@ -73,6 +73,9 @@ class Program(ABC):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the specialisation that matches the inputs' shapes; return every output by name."""
 
+    def load_all(self) -> None:  # noqa: B027 - optional hook, nothing to do for lazy-free backends
+        """Prepare every specialisation now rather than on first use (so that first runs are not slower)."""
+
 
 class Backend(ABC):
     """Compiles ONNX graphs into programs and opens them."""

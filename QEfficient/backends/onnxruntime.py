@@ -79,6 +79,10 @@ class OnnxRuntimeProgram(Program):
             self._sessions[index] = ort.InferenceSession(str(self.path), options, providers=self.providers)
         return self._sessions[index]
 
+    def load_all(self) -> None:
+        for index in range(len(self.specializations)):
+            self.session(index)
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session(self.specialization_of({name: a.shape for name, a in inputs.items()}))
         feed = {name: inputs[name] for name in self.input_dims}

