@@ -262,3 +262,12 @@ def test_qeff_infer_streams(tiny_lm_dir, capsys) -> None:
         assert "(stopped: length)" in capsys.readouterr().out
     assert main(["infer", "--model", str(tiny_lm_dir), "--prompt", f"{SHORT}|{LONG}", "--stream"]) == 2
     assert "one prompt" in capsys.readouterr().err
+
+
+def test_grouped_attention_is_used_without_touching_the_hf_model(tokenizer) -> None:
+    hf = tiny_decoder("llama")
+    loaded = hf.config._attn_implementation
+    model = QEFFAutoModelForCausalLM(hf)
+    assert model.model.attention == "qeff_grouped"  # no repeat_kv copies of the cache in the graph
+    assert hf.config._attn_implementation == loaded
+    assert hf_greedy(hf, tokenizer, LONG, 8) == hf_greedy(tiny_decoder("llama"), tokenizer, LONG, 8)

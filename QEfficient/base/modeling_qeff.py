@@ -94,6 +94,7 @@ class QEFFBaseModel(ABC):
             "config": config.to_diff_dict() if hasattr(config, "to_diff_dict") else None,
             "weights": self._weights_digest,
             "pytorch_transforms": [transform_name(t) for t in self.transforms],
+            "export_identity": getattr(self.model, "export_identity", None),
             **self.hash_kwargs,
         }
 

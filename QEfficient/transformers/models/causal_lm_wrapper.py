@@ -17,6 +17,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import get_layer_types_and_kwargs
 
+from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
 
 
@@ -79,6 +80,42 @@ class CausalLMForExport(nn.Module):
         if head is None:
             raise UnsupportedCausalLMError(f"{type(model).__name__} has no output embedding (lm_head).")
         head.register_forward_pre_hook(self._keep_last_valid_position)
+        self.attention = self.model.config._attn_implementation
+        self.attention = self._choose_attention()
+
+    def _choose_attention(self) -> str:
+        """`grouped_query_attention` if the model dispatches through transformers' attention interface and
+        gives the same logits with it; otherwise the implementation it was loaded with.
+
+        The choice applies only inside this wrapper's forward: the HF model itself is left unchanged.
+        """
+        loaded = self.attention
+        reference = self._probe_logits()
+        self.attention = grouped_attention.NAME
+        try:
+            same = torch.allclose(self._probe_logits(), reference, atol=1e-4, rtol=0)
+        except Exception:  # noqa: BLE001 - any failure means: keep the model's own attention
+            same = False
+        return grouped_attention.NAME if same else loaded
+
+    def _probe_logits(self) -> torch.Tensor:
+        """Logits of a fixed 6-token prefill through this wrapper (ctx 8), for comparing implementations."""
+        ids = torch.arange(1, 7).unsqueeze(0) % self.model.config.get_text_config().vocab_size
+        past = []
+        for (hk, dk), (hv, dv) in zip(self.layout.key_shapes, self.layout.value_shapes):
+            past += [torch.zeros(1, hk, 8, dk), torch.zeros(1, hv, 8, dv)]
+        with torch.no_grad():
+            return self.forward(
+                ids,
+                torch.arange(6).unsqueeze(0),
+                *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
+                *past,
+            )[0]
+
+    @property
+    def export_identity(self) -> dict:
+        """What, beyond config and weights, determines the exported graph (part of the export hash)."""
+        return {"attention": self.attention, "layout": repr(self.layout)}
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped HF config
@@ -112,6 +149,8 @@ class CausalLMForExport(nn.Module):
         else:
             mask = masks.get("sliding_attention", masks["full_attention"])
         self._last_index = position_ids.argmax(dim=1)
+        config = self.model.config
+        loaded, config._attn_implementation = config._attn_implementation, self.attention
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -122,4 +161,5 @@ class CausalLMForExport(nn.Module):
             )
         finally:
             self._last_index = None
+            config._attn_implementation = loaded
         return (out.logits.float(), *cache.retained_state())

@@ -1,0 +1,53 @@
+"""Grouped-query attention over the retained cache without repeating K/V heads.
+
+HF's eager and sdpa paths repeat each KV head `H / H_kv` times before attending (`repeat_kv`), which in the
+exported graph copies the whole cache of every layer at every decode step. This function, registered in
+transformers' `AttentionInterface`, instead folds the query heads of each group into the query length,
+`[B, H, S, D] -> [B, H_kv, (H/H_kv) * S, D]`, and attends each group to its one KV head. The arithmetic is
+the same as eager attention's; only the copies go away.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+NAME = "qeff_grouped"
+
+# Keyword arguments that change the arithmetic beyond what this function implements (e.g. attention sinks).
+_UNSUPPORTED = ("s_aux", "sinks", "position_bias")
+
+
+def grouped_query_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    if any(kwargs.get(k) is not None for k in _UNSUPPORTED):
+        raise NotImplementedError(f"{NAME} does not implement {[k for k in _UNSUPPORTED if kwargs.get(k) is not None]}")
+    batch, heads, seq, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scaling = dim**-0.5 if scaling is None else scaling
+    q = query.reshape(batch, kv_heads, groups * seq, dim)
+    scores = torch.matmul(q, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        ctx = key.shape[2]
+        scores = scores.view(batch, kv_heads, groups, seq, ctx) + attention_mask[:, :, None, :, :ctx]
+        scores = scores.view(batch, kv_heads, groups * seq, ctx)
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value)  # [B, H_kv, groups * S, Dv]
+    out = out.view(batch, heads, seq, value.shape[-1]).transpose(1, 2).contiguous()
+    return out, None
+
+
+AttentionInterface.register(NAME, grouped_query_attention)
