@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -157,11 +156,6 @@ def split_gguf_path(name_or_path: str | os.PathLike, gguf_file: str | None) -> t
 
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model (same local-first rule as `load_pretrained`)."""
-    name_or_path, gguf = split_gguf_path(name_or_path, kwargs.pop("gguf_file", None))
-    if gguf is not None:  # the converted folder holds the tokenizer
-        from QEfficient.transformers.gguf import gguf_folder
-
-        name_or_path = gguf_folder(name_or_path, gguf, AutoModelForCausalLM)
     source, is_local = resolve_model_source(name_or_path)
     return local_then_hub(lambda **extra: AutoTokenizer.from_pretrained(source, **kwargs, **extra), source, is_local)
 

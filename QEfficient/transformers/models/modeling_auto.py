@@ -68,13 +68,26 @@ class QEFFTransformersBase(QEFFBaseModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """Load a HF model (hub id, offline from the HF cache; local folder; or `gguf_file=`) and wrap it.
 
-        QEfficient forces fp32 and an exportable attention implementation and logs what it changed.
+        QEfficient forces fp32 and an exportable attention implementation and logs what it changed. The
+        tokenizer is loaded from the same place when one is there (`encode` and `generate` use it).
+        Keyword arguments named by `_init_kwargs` (e.g. `pooling`, `continuous_batching`) configure the
+        wrapper; the rest go to HF's `from_pretrained`.
         """
         init_kwargs = {k: kwargs.pop(k) for k in cls._init_kwargs() if k in kwargs}
-        model = load_pretrained(
+        hf_model = load_pretrained(
             cls._hf_auto_class, pretrained_model_name_or_path, *args, check_config=cls._check_config, **kwargs
         )
-        return cls(model, pretrained_model_name_or_path=str(pretrained_model_name_or_path), **init_kwargs)
+        model = cls(hf_model, pretrained_model_name_or_path=str(pretrained_model_name_or_path), **init_kwargs)
+        if model.tokenizer is None:
+            # the folder the weights came from (for a GGUF file: the converted folder), else the hub id
+            folder = getattr(hf_model, "name_or_path", "")
+            source = folder if folder and Path(folder).is_dir() else str(pretrained_model_name_or_path)
+            tokenizer_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+            try:
+                model.tokenizer = load_tokenizer(source, **tokenizer_kwargs)
+            except (OSError, ValueError, TypeError) as exc:
+                logger.info("No tokenizer found with %s (%s); pass one where it is needed.", model.model_name, exc)
+        return model
 
     @classmethod
     def _init_kwargs(cls) -> tuple[str, ...]:
@@ -246,21 +259,6 @@ class QEFFAutoModel(QEFFTransformersBase):
     def _init_kwargs(cls) -> tuple[str, ...]:
         return ("pooling", "normalize", "tokenizer")
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load an encoder; `pooling=` and `normalize=` configure the exported graph.
-
-        The tokenizer is loaded from the same place when one is there (used by `encode`).
-        """
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if model.tokenizer is None:
-            tokenizer_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
-            try:
-                model.tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
-            except (OSError, ValueError, TypeError) as exc:
-                logger.info("No tokenizer found with %s (%s); pass tokenizer= to encode().", model.model_name, exc)
-        return model
-
     @staticmethod
     def _check_config(config: Any) -> None:
         check_encoder_supported(config.model_type, getattr(config, "architectures", None))
@@ -349,18 +347,6 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
     @classmethod
     def _init_kwargs(cls) -> tuple[str, ...]:
         return ("continuous_batching", "tokenizer")
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load a causal LM (hub id offline from the HF cache, local folder, or `gguf_file=`)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if model.tokenizer is None:
-            tokenizer_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
-            try:
-                model.tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
-            except (OSError, ValueError, TypeError) as exc:
-                logger.info("No tokenizer found with %s (%s); pass one to generate().", model.model_name, exc)
-        return model
 
     @property
     def hf_model(self) -> nn.Module:
