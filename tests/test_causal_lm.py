@@ -271,3 +271,11 @@ def test_grouped_attention_is_used_without_touching_the_hf_model(tokenizer) -> N
     assert model.model.attention == "qeff_grouped"  # no repeat_kv copies of the cache in the graph
     assert hf.config._attn_implementation == loaded
     assert hf_greedy(hf, tokenizer, LONG, 8) == hf_greedy(tiny_decoder("llama"), tokenizer, LONG, 8)
+
+
+def test_stream_iterator(llama, tokenizer) -> None:
+    pieces = list(llama.stream(LONG, generation_len=10))
+    expected = llama.generate(prompts=[LONG], generation_len=10).generated_texts[0]
+    assert "".join(pieces).strip() == expected.strip() and len(pieces) > 1
+    with pytest.raises(ValueError, match="generation_len must be a positive"):
+        list(llama.stream(LONG, generation_len=0))

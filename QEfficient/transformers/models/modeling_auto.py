@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -482,3 +483,31 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         )
         sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         return generator.generate(prompts, generation_len, sampling, stop_strings, streamer, chat)
+
+    def stream(self, prompt: str, tokenizer: Any = None, **generate_kwargs: Any) -> Iterator[str]:
+        """Yield the generated text piece by piece (the iterator form of `generate(..., streamer=...)`).
+
+        Takes `generate`'s keyword arguments (`generation_len`, `chat`, sampling options, ...). An error in
+        generation is raised here, after the pieces produced before it.
+        """
+        from transformers import TextIteratorStreamer
+
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("stream() needs a tokenizer: none was found with the model; pass tokenizer=.")
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate(tokenizer, [prompt], streamer=streamer, **generate_kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if failure:
+            raise failure[0]
