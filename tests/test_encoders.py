@@ -87,3 +87,26 @@ def test_pytorch_runtime_matches_compiled(tiny_encoder_dirs) -> None:
     compiled = model.generate(batch)["sentence_embedding"]
     eager = model.generate(batch, runtime="pytorch")["sentence_embedding"]
     np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
+
+
+def test_dynamic_seq_len_pads_only_to_the_longest(tiny_encoder_dirs) -> None:
+    folder = tiny_encoder_dirs["bert"]
+    model = QEFFAutoModel.from_pretrained(folder, pooling="mean", normalize=True)
+    model.compile(seq_len="dynamic", batch_size=[1, 4])
+    assert model.dynamic_seq_len and model.compiled_seq_lens == [512]
+    report = validate(model, sentences=SENTENCES)
+    assert report.passed, report.table()
+    fixed = QEFFAutoModel.from_pretrained(folder, pooling="mean", normalize=True)
+    fixed.compile(seq_len=[64], batch_size=4)
+    np.testing.assert_allclose(model.encode(SENTENCES), fixed.encode(SENTENCES), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="positive int"):
+        model.compile(seq_len="fixed")
+
+
+def test_attention_implementation_is_part_of_the_cache_key(tiny_encoder_dirs) -> None:
+    folder = tiny_encoder_dirs["bert"]
+    eager = QEFFAutoModel.from_pretrained(folder, pooling="mean")
+    sdpa = QEFFAutoModel.from_pretrained(folder, pooling="mean", attn_implementation="sdpa")
+    assert eager.hf_model.config._attn_implementation == "eager"
+    assert eager.model_hash != sdpa.model_hash
+    assert eager.export() != sdpa.export()

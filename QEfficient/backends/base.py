@@ -13,7 +13,19 @@ from typing import Any
 
 import numpy as np
 
-Specialization = dict[str, int]
+# A size of None leaves that dimension dynamic (for backends that can run any size, e.g. ONNX Runtime).
+Specialization = dict[str, int | None]
+
+
+def _fits(shape: tuple[int, ...], dims: list[int | str], spec: Specialization) -> bool:
+    """Whether a concrete shape matches graph dims under a specialisation (None = any size)."""
+    if len(shape) != len(dims):
+        return False
+    for size, dim in zip(shape, dims):
+        expected = spec[dim] if isinstance(dim, str) else dim
+        if expected is not None and size != expected:
+            return False
+    return True
 
 
 class Program(ABC):
@@ -35,10 +47,7 @@ class Program(ABC):
         if missing:
             raise ValueError(f"Missing program inputs: {sorted(missing)}; the program takes {self.input_names}.")
         for index, spec in enumerate(self.specializations):
-            if all(
-                list(shapes[name]) == [spec[d] if isinstance(d, str) else d for d in dims]
-                for name, dims in self.input_dims.items()
-            ):
+            if all(_fits(shapes[name], dims, spec) for name, dims in self.input_dims.items()):
                 return index
         given = {name: tuple(shapes[name]) for name in self.input_dims}
         raise ValueError(
@@ -117,6 +126,6 @@ def check_specializations(specializations: list[Specialization], input_dims: dic
             raise ValueError(
                 f"Specialisation {spec} must set exactly the graph's symbolic dimensions {sorted(symbols)}."
             )
-        bad = {k: v for k, v in spec.items() if not isinstance(v, int) or v < 1}
+        bad = {k: v for k, v in spec.items() if v is not None and (not isinstance(v, int) or v < 1)}
         if bad:
-            raise ValueError(f"Specialisation sizes must be positive integers; got {bad}.")
+            raise ValueError(f"Specialisation sizes must be positive integers (or None: dynamic); got {bad}.")

@@ -75,7 +75,8 @@ class OnnxRuntimeProgram(Program):
             options.graph_optimization_level = _LEVELS[self.manifest["options"]["session_optimization_level"]]
             options.log_severity_level = 3
             for symbol, size in self.specializations[index].items():
-                options.add_free_dimension_override_by_name(symbol, size)
+                if size is not None:  # None: left dynamic
+                    options.add_free_dimension_override_by_name(symbol, size)
             self._sessions[index] = ort.InferenceSession(str(self.path), options, providers=self.providers)
         return self._sessions[index]
 

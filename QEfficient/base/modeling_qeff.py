@@ -92,6 +92,8 @@ class QEFFBaseModel(ABC):
             "qeff_class": type(self).__name__,
             "model_class": self.model_name,
             "config": config.to_diff_dict() if hasattr(config, "to_diff_dict") else None,
+            # not in to_diff_dict(), yet it changes the traced graph
+            "attn_implementation": getattr(config, "_attn_implementation", None),
             "weights": self._weights_digest,
             "pytorch_transforms": [transform_name(t) for t in self.transforms],
             "export_identity": getattr(self.model, "export_identity", None),
