@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -82,13 +83,13 @@ def test_unknown_backend_lists_available() -> None:
         raise AssertionError("get_backend accepted an unknown name")
 
 
-def test_sessions_share_one_weight_file(tiny_encoder_dirs) -> None:
+def test_one_session_serves_every_specialisation(tiny_encoder_dirs) -> None:
     model = QEFFAutoModel.from_pretrained(tiny_encoder_dirs["bert"], pooling="cls")
-    program_dir = model.compile(seq_len=[8, 16, 32], batch_size=[1, 2])
+    program_dir = model.compile(seq_len=[8, 16, 32], batch_size=2)
     assert sorted(p.name for p in program_dir.iterdir()) == ["model.onnx", "model.onnx.data", "qeff_manifest.json"]
     model.encode(["one", "two words", "three words here " * 3], batch_size=2)
     program = model.program
-    assert 1 < len(program._sessions) < len(program.specializations)  # created lazily, on first use
-    assert all(
-        s.get_inputs()[0].shape == list(program.specializations[i].values()) for i, s in program._sessions.items()
-    )
+    assert program.pinned_dims == {"batch_size": 2}  # seq_len differs between specialisations: left symbolic
+    assert program.session().get_inputs()[0].shape == [2, "seq_len"]
+    with pytest.raises(ValueError, match="match no compiled specialisation"):  # still only the compiled shapes
+        program.run({"input_ids": np.ones((2, 12), np.int64), "attention_mask": np.ones((2, 12), np.int64)})

@@ -279,3 +279,10 @@ def test_stream_iterator(llama, tokenizer) -> None:
     assert "".join(pieces).strip() == expected.strip() and len(pieces) > 1
     with pytest.raises(ValueError, match="generation_len must be a positive"):
         list(llama.stream(LONG, generation_len=0))
+
+
+def test_prefill_and_decode_share_one_session(llama) -> None:
+    program = llama.program
+    assert [s["seq_len"] for s in program.specializations] == [8, 1]
+    assert program.pinned_dims == {"batch_size": 1}  # seq_len stays symbolic: one session, one copy of weights
+    assert program.session() is program.session()

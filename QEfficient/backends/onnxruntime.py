@@ -1,9 +1,11 @@
 """The ONNX Runtime backend.
 
 compile: the graph is optimised offline once (ORT's extended level, hardware independent) and saved with
-its weights in one external data file; the manifest records the specialisations. open: one ORT session per
-specialisation, created on first use, with that specialisation's sizes pinned as free-dimension overrides.
-The sessions read the same weight file, which ORT memory-maps, so the weights are in memory once.
+its weights in one external data file; the manifest records the specialisations. open: ONE ORT session
+serves every specialisation, so the weights (and ORT's pre-packed copies of them) are in memory once. The
+dimensions that all specialisations give the same size are pinned in that session as free-dimension
+overrides; those that differ (e.g. `seq_len`: prefill P, decode 1) stay symbolic. The program still accepts
+only the compiled shapes: `run` checks every input against the specialisations first.
 """
 
 from __future__ import annotations
@@ -56,36 +58,45 @@ def graph_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
 
 
 class OnnxRuntimeProgram(Program):
-    """A compiled ORT program: lazily one session per specialisation over shared, memory-mapped weights."""
+    """A compiled ORT program: one session for all specialisations, created on first use."""
 
     def __init__(self, program_dir: Path, manifest: dict[str, Any], num_threads: int | None = None) -> None:
         super().__init__(manifest)
         self.path = Path(program_dir) / PROGRAM_FILE
         self.num_threads = num_threads or default_num_threads()
         self.providers = manifest["options"].get("providers") or default_providers()
-        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._session: ort.InferenceSession | None = None
 
-    def session(self, index: int) -> ort.InferenceSession:
-        """The session of specialisation `index`, created on first use."""
-        if index not in self._sessions:
+    @property
+    def pinned_dims(self) -> dict[str, int]:
+        """Symbols with one size in every specialisation (None sizes are dynamic and never pinned)."""
+        first = self.specializations[0]
+        return {
+            symbol: size
+            for symbol, size in first.items()
+            if size is not None and all(spec[symbol] == size for spec in self.specializations)
+        }
+
+    def session(self) -> ort.InferenceSession:
+        """The program's ORT session, created on first use."""
+        if self._session is None:
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.num_threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = _LEVELS[self.manifest["options"]["session_optimization_level"]]
             options.log_severity_level = 3
-            for symbol, size in self.specializations[index].items():
-                if size is not None:  # None: left dynamic
-                    options.add_free_dimension_override_by_name(symbol, size)
-            self._sessions[index] = ort.InferenceSession(str(self.path), options, providers=self.providers)
-        return self._sessions[index]
+            for symbol, size in self.pinned_dims.items():
+                options.add_free_dimension_override_by_name(symbol, size)
+            self._session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        return self._session
 
     def load_all(self) -> None:
-        for index in range(len(self.specializations)):
-            self.session(index)
+        self.session()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.session(self.specialization_of({name: a.shape for name, a in inputs.items()}))
+        self.specialization_of({name: a.shape for name, a in inputs.items()})
+        session = self.session()
         feed = {name: inputs[name] for name in self.input_dims}
         return dict(zip(self.output_names, session.run(self.output_names, feed)))
 
@@ -94,8 +105,8 @@ class OnnxRuntimeProgram(Program):
         return OrtRetainedState(super().new_state(specialization, dtype))
 
     def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
-        shapes = {**{name: a.shape for name, a in inputs.items()}, **state.shapes}
-        session = self.session(self.specialization_of(shapes))
+        self.specialization_of({**{name: a.shape for name, a in inputs.items()}, **state.shapes})
+        session = self.session()
         binding = session.io_binding()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
