@@ -91,16 +91,10 @@ def validate(
         QEFFAutoModelForCausalLM,
         QEFFTransformersBase,
     )
-    from QEfficient.transformers.models.registry import SUPPORTED_ENCODER_MODEL_TYPES
+    from QEfficient.transformers.models.registry import is_encoder
 
     if not isinstance(model, QEFFTransformersBase):
-        from transformers import AutoConfig
-
-        from QEfficient.transformers.loading import split_gguf_path
-
-        folder, gguf = split_gguf_path(model, from_pretrained_kwargs.get("gguf_file"))
-        model_type = None if gguf else AutoConfig.from_pretrained(folder).model_type
-        if model_type in SUPPORTED_ENCODER_MODEL_TYPES:
+        if is_encoder(model, from_pretrained_kwargs.get("gguf_file")):
             model = QEFFAutoModel.from_pretrained(model, **from_pretrained_kwargs)
         else:
             model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)

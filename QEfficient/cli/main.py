@@ -142,23 +142,14 @@ def cmd_execute(args: argparse.Namespace, show_similarity: bool = False) -> int:
     return 0
 
 
-def _is_encoder(model: str) -> bool:
-    from transformers import AutoConfig
-
-    from QEfficient.transformers.models.registry import SUPPORTED_ENCODER_MODEL_TYPES
-
-    if model.endswith(".gguf"):
-        return False
-    return AutoConfig.from_pretrained(model).model_type in SUPPORTED_ENCODER_MODEL_TYPES
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from QEfficient import validate
+    from QEfficient.transformers.models.registry import is_encoder
     from QEfficient.utils.default_models import default_embedding_model
     from QEfficient.utils.progress import progress
 
     texts = {"sentences": args.text} if args.text else {}
-    if args.pooling is None and args.model and not _is_encoder(args.model):
+    if args.pooling is None and args.model and not is_encoder(args.model):
         with progress("Validating HF generate vs transformed vs ONNX Runtime vs compiled"):
             report = validate(args.model, **texts)
         print(report.table())

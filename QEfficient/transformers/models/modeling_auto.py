@@ -361,8 +361,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         self.continuous_batching = continuous_batching
         super().__init__(
             model,
-            extra_pytorch_transforms=[KVCacheTransform(continuous_batching)],
-            continuous_batching=continuous_batching,
+            extra_pytorch_transforms=[KVCacheTransform(continuous_batching)],  # its name enters the hash
             **kwargs,
         )
         self.ctx_len: int | None = None

@@ -34,3 +34,16 @@ def check_encoder_supported(model_type: str, architectures: list[str] | None = N
         f"{', '.join(SUPPORTED_ENCODER_MODEL_TYPES)}. Decoder-only language models belong to "
         "QEFFAutoModelForCausalLM."
     )
+
+
+def is_encoder(name_or_path: str, gguf_file: str | None = None) -> bool:
+    """Whether a model folder or hub id holds a supported encoder (QEFFAutoModel) rather than a causal LM.
+
+    A GGUF checkpoint is always a causal LM here; otherwise the config's `model_type` decides.
+    """
+    from transformers import AutoConfig
+
+    from QEfficient.transformers.loading import split_gguf_path
+
+    folder, gguf = split_gguf_path(name_or_path, gguf_file)
+    return gguf is None and AutoConfig.from_pretrained(folder).model_type in SUPPORTED_ENCODER_MODEL_TYPES
