@@ -141,7 +141,7 @@ DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, in a small vil
 
 def validate_causal_lm(
     model: Any,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    prompts: Sequence[str] | Sequence[Sequence[int]] = DEFAULT_PROMPTS,
     tokenizer: Any = None,
     generation_len: int = 32,
     prefill_seq_len: int = 8,
@@ -151,31 +151,69 @@ def validate_causal_lm(
     """Greedy tokens of HF `generate`, the transformed PyTorch model, the exported graph in ONNX Runtime and
     the compiled program, per prompt; every stage must equal HF exactly.
 
-    A `prefill_seq_len` shorter than the prompts exercises chunked prefill.
+    Prompts are strings (through the tokenizer) or lists of token ids (no tokenizer needed). A
+    `prefill_seq_len` shorter than the prompts exercises chunked prefill. A stage that raises is recorded
+    as failed, with the first line of the error, and the later stages are not run.
     """
-    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims
-    from QEfficient.backends.pytorch import PyTorchProgram
-    from QEfficient.generation.text_generation import TextGenerator
     from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
 
     if not isinstance(model, QEFFAutoModelForCausalLM):
         model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)
     tokenizer = tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise ValueError("validate_causal_lm() needs a tokenizer; pass tokenizer=.")
-    prompts = list(prompts)
-    expected = []
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-        with torch.no_grad():
-            out = model.hf_model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=generation_len,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id or 0,
-            )
-        expected.append(out[0, ids.shape[1] :].tolist())
+    rows = [list(p) if not isinstance(p, str) else None for p in prompts]
+    if any(r is None for r in rows):
+        if tokenizer is None:
+            raise ValueError("validate_causal_lm() needs a tokenizer for text prompts; pass tokenizer=.")
+        rows = [r if r is not None else tokenizer(p)["input_ids"] for r, p in zip(rows, prompts)]
+    report = ValidationReport(model=model.model_name, atol=0.0)
+    shape = (len(rows), generation_len)
+    try:
+        expected = [_hf_greedy(model.hf_model, r, generation_len) for r in rows]
+    except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+        report.stages.append(StageResult("HF generate", 0, shape, False, _first_line(exc)))
+        return report
+    total = sum(len(e) for e in expected)
+    report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
+    try:
+        programs = _programs_to_validate(model, prefill_seq_len, ctx_len)
+    except Exception as exc:  # noqa: BLE001
+        report.stages.append(StageResult("export and compile", total, shape, False, _first_line(exc)))
+        return report
+    from QEfficient.generation.text_generation import TextGenerator
+
+    eos = model.eos_token_ids(tokenizer)
+    for stage, program in programs.items():
+        try:
+            generator = TextGenerator(program(), tokenizer, prefill_seq_len, ctx_len, 1, None, eos)
+            got = generator.generate(rows, generation_len).generated_ids
+        except Exception as exc:  # noqa: BLE001
+            report.stages.append(StageResult(stage, total, shape, False, _first_line(exc)))
+            return report
+        equal = sum(_common_prefix(g, e) for g, e in zip(got, expected))
+        report.stages.append(StageResult(stage, total - equal, shape, got == expected, f"{equal}/{total}"))
+    return report
+
+
+def _hf_greedy(hf_model: Any, ids: list[int], generation_len: int) -> list[int]:
+    """HF `generate`'s greedy continuation of one prompt (exactly `generation_len` tokens unless EOS)."""
+    input_ids = torch.tensor([ids])
+    pad = getattr(hf_model.generation_config, "pad_token_id", None)
+    with torch.no_grad():
+        out = hf_model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=generation_len,
+            do_sample=False,
+            pad_token_id=pad if pad is not None else 0,
+        )
+    return out[0, input_ids.shape[1] :].tolist()
+
+
+def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dict[str, Any]:
+    """Stage name -> a callable opening that stage's program (transformed PyTorch, raw ONNX, compiled)."""
+    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims
+    from QEfficient.backends.pytorch import PyTorchProgram
+
     model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1)
     manifest = dict(model.program.manifest)
     raw = onnx.load(str(model.onnx_path), load_external_data=False)
@@ -184,24 +222,17 @@ def validate_causal_lm(
         "inputs": graph_input_dims(raw),
         "options": {**manifest["options"], "session_optimization_level": "all"},
     }
-    programs = {
-        "transformed PyTorch": PyTorchProgram(model.model, manifest, model.model.input_names()),
-        "ONNX Runtime": OnnxRuntimeProgram(model.onnx_path.parent, raw_manifest),
-        "compiled program": model.program,
+    return {
+        "transformed PyTorch": lambda: PyTorchProgram(model.model, manifest, model.model.input_names()),
+        "ONNX Runtime": lambda: OnnxRuntimeProgram(model.onnx_path.parent, raw_manifest),
+        "compiled program": lambda: model.program,
     }
-    report = ValidationReport(model=model.model_name, atol=0.0)
-    total = sum(len(e) for e in expected)
-    report.stages.append(StageResult("HF generate", 0, (len(prompts), generation_len), True, f"{total}/{total}"))
-    eos = model.eos_token_ids(tokenizer)
-    for stage, program in programs.items():
-        generator = TextGenerator(program, tokenizer, prefill_seq_len, ctx_len, 1, None, eos)
-        got = generator.generate(prompts, generation_len).generated_ids
-        equal = sum(_common_prefix(g, e) for g, e in zip(got, expected))
-        passed = got == expected
-        report.stages.append(
-            StageResult(stage, total - equal, (len(prompts), generation_len), passed, f"{equal}/{total}")
-        )
-    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one table cell."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -26,8 +26,8 @@ FINISH_REASONS = ("eos", "stop_string", "length", "ctx_full")
 class GenerationOutput:
     """What `generate` returns: per prompt, the new text, its token ids and why it stopped."""
 
-    prompts: list[str]
-    generated_texts: list[str]
+    prompts: list[str] | list[list[int]]
+    generated_texts: list[str] | list[None]  # None when token-id prompts came without a tokenizer
     generated_ids: list[list[int]]
     finish_reasons: list[str]
     perf_metrics: PerfMetrics
@@ -62,7 +62,8 @@ class TextGenerator:
         self.batch_size = batch_size
         self.full_batch_size = full_batch_size
         self.eos_token_ids = set(eos_token_ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.pad_token_id = int(pad if pad is not None else 0)  # its value is never read: padding has position -1
 
     # ---- input preparation ----------------------------------------------------------------------
@@ -83,6 +84,8 @@ class TextGenerator:
                 continue
             if not isinstance(prompt, str):
                 raise TypeError(f"Prompt {i} is a {type(prompt).__name__}; prompts are strings.")
+            if self.tokenizer is None:
+                raise ValueError("Text prompts need a tokenizer: pass tokenizer=, or give prompts as token ids.")
             if not prompt.strip():
                 raise ValueError(f"Prompt {i} is empty; every prompt needs at least one token.")
             if chat:
@@ -155,6 +158,8 @@ class TextGenerator:
             prompts = [prompts]  # one prompt given as token ids
         if streamer is not None and len(prompts) != 1:
             raise ValueError("Streaming supports one prompt at a time (as transformers' TextStreamer).")
+        if stop_strings and self.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode the generated text; pass tokenizer=.")
         requests = self._requests(self.tokenize(prompts, chat), generation_len)
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
@@ -163,8 +168,11 @@ class TextGenerator:
         else:
             for start in range(0, len(requests), self.batch_size):
                 self._round(requests[start : start + self.batch_size], sampler, stop_strings, streamer, clock)
-        texts = [self.tokenizer.decode(r.generated, skip_special_tokens=True) for r in requests]
-        prompts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+        if self.tokenizer is None:  # token-id prompts without a tokenizer: ids only
+            texts: list[str | None] = [None] * len(requests)
+        else:
+            texts = [self.tokenizer.decode(r.generated, skip_special_tokens=True) for r in requests]
+            prompts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         metrics = PerfMetrics(
             prompt_tokens=sum(len(r.prompt_ids) for r in requests),
             generated_tokens=sum(len(r.generated) for r in requests),

@@ -21,6 +21,9 @@ from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
 
 
+EXPORTABLE_EXPERTS = "batched_mm"
+
+
 class UnsupportedCausalLMError(ValueError):
     """The causal LM does not fit the generic KV-cache mechanism."""
 
@@ -80,6 +83,10 @@ class CausalLMForExport(nn.Module):
         if head is None:
             raise UnsupportedCausalLMError(f"{type(model).__name__} has no output embedding (lm_head).")
         head.register_forward_pre_hook(self._keep_last_valid_position)
+        # Mixture-of-experts layers that dispatch through transformers' ExpertsInterface run HF's "batched_mm"
+        # (a gather of each token's experts + bmm: static shapes, plain ONNX ops) instead of the default
+        # grouped_mm, whose token counting (histc) and data-dependent splits do not export.
+        self.experts = EXPORTABLE_EXPERTS if model._can_set_experts_implementation() else None
         self.attention = self.model.config._attn_implementation
         self.attention = self._choose_attention()
 
@@ -115,7 +122,7 @@ class CausalLMForExport(nn.Module):
     @property
     def export_identity(self) -> dict:
         """What, beyond config and weights, determines the exported graph (part of the export hash)."""
-        return {"attention": self.attention, "layout": repr(self.layout)}
+        return {"attention": self.attention, "experts": self.experts, "layout": repr(self.layout)}
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped HF config
@@ -151,6 +158,9 @@ class CausalLMForExport(nn.Module):
         self._last_index = position_ids.argmax(dim=1)
         config = self.model.config
         loaded, config._attn_implementation = config._attn_implementation, self.attention
+        experts = self.model.get_experts_implementation() if self.experts else None
+        if self.experts:
+            self.model.set_experts_implementation(self.experts)
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -162,4 +172,6 @@ class CausalLMForExport(nn.Module):
         finally:
             self._last_index = None
             config._attn_implementation = loaded
+            if experts is not None:
+                self.model.set_experts_implementation(experts)
         return (out.logits.float(), *cache.retained_state())

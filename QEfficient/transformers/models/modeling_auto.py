@@ -488,9 +488,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         from QEfficient.generation.sampling import SamplingParams
         from QEfficient.generation.text_generation import TextGenerator
 
-        tokenizer = tokenizer or self.tokenizer
-        if tokenizer is None:
-            raise ValueError("generate() needs a tokenizer: none was found with the model; pass tokenizer=.")
+        tokenizer = tokenizer or self.tokenizer  # may stay None for token-id prompts
         if not self.compile_config:
             raise RuntimeError("QEFFAutoModelForCausalLM is not compiled yet; call .compile(...) first.")
         config = self.compile_config

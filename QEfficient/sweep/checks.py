@@ -1,0 +1,81 @@
+"""The per-architecture checks of the sweep: build tiny with HF, run HF, then QEfficient against HF."""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from QEfficient.sweep.runner import (
+    FAIL,
+    HF_CANNOT_BUILD,
+    HF_CANNOT_RUN,
+    PASS,
+    UNSUPPORTED,
+    StageFailure,
+    SweepRow,
+    run_stage,
+)
+from QEfficient.sweep.tiny_configs import VOCAB, WINDOW, tiny_config
+
+# Two prompts: one longer than the sliding window (and than prefill_seq_len, so prefill is chunked), one short.
+GENERATION_LEN = 24
+PREFILL_SEQ_LEN = 8
+CTX_LEN = 64
+
+
+def sweep_prompts() -> list[list[int]]:
+    """Fixed token-id prompts (ids away from the special tokens at both ends of the tiny vocabulary)."""
+    generator = torch.Generator().manual_seed(1234)
+    lengths = (WINDOW + 5, 5)
+    return [torch.randint(8, VOCAB - 32, (n,), generator=generator).tolist() for n in lengths]
+
+
+def build_tiny(auto_class, model_type: str):
+    """(config, tiny HF model in eval mode, fp32, seeded weights)."""
+    config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_config, model_type)
+    torch.manual_seed(0)
+    model = run_stage("HF build", HF_CANNOT_BUILD, auto_class.from_config, config, dtype=torch.float32)
+    return config, model.eval()
+
+
+def check_causal_lm(model_type: str) -> SweepRow:
+    """HF `generate` == transformed PyTorch == ONNX Runtime == compiled program, exact greedy tokens."""
+    from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError
+    from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
+    from QEfficient.validation import _hf_greedy, validate_causal_lm
+
+    row = SweepRow("causal-lm", model_type, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+    prompts = sweep_prompts()
+    try:
+        _, hf_model = build_tiny(AutoModelForCausalLM, model_type)
+        row.architecture = type(hf_model).__name__
+        run_stage("HF generate", HF_CANNOT_RUN, lambda: [_hf_greedy(hf_model, p, 4) for p in prompts])
+        with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
+            run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
+            del hf_model
+            try:
+                qeff = QEFFAutoModelForCausalLM.from_pretrained(folder)
+            except UnsupportedCausalLMError as exc:
+                raise StageFailure(UNSUPPORTED, "transform", str(exc).splitlines()[0]) from exc
+            except Exception as exc:  # noqa: BLE001
+                raise StageFailure(FAIL, "load and transform", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            row.adapter = getattr(qeff.model, "adapter_name", "")
+            report = validate_causal_lm(
+                qeff, prompts, None, generation_len=GENERATION_LEN, prefill_seq_len=PREFILL_SEQ_LEN, ctx_len=CTX_LEN
+            )
+    except StageFailure as failure:
+        row.status, row.stage, row.reason = failure.status, failure.stage, failure.reason
+        return row
+    failed = next((s for s in report.stages if not s.passed), None)
+    if failed is None:
+        row.status, row.detail = PASS, report.stages[-1].detail + " tokens"
+    else:
+        row.status = HF_CANNOT_RUN if failed.stage == "HF generate" else FAIL
+        row.stage, row.reason = failed.stage, failed.detail
+    return row
+
+
+CHECKS = {"causal-lm": check_causal_lm}
