@@ -16,6 +16,7 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
+    first_line,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import VOCAB, WINDOW, tiny_config
@@ -52,7 +53,8 @@ def check_causal_lm(model_type: str) -> SweepRow:
     try:
         _, hf_model = build_tiny(AutoModelForCausalLM, model_type)
         row.architecture = type(hf_model).__name__
-        run_stage("HF generate", HF_CANNOT_RUN, lambda: [_hf_greedy(hf_model, p, 4) for p in prompts])
+        for prompt in prompts:
+            run_stage("HF generate", HF_CANNOT_RUN, _hf_greedy, hf_model, prompt, 4)
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
             del hf_model
@@ -61,7 +63,7 @@ def check_causal_lm(model_type: str) -> SweepRow:
             except UnsupportedCausalLMError as exc:
                 raise StageFailure(UNSUPPORTED, "transform", str(exc).splitlines()[0]) from exc
             except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", f"{type(exc).__name__}: {exc}".splitlines()[0])
+                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
             row.adapter = getattr(qeff.model, "adapter_name", "")
             report = validate_causal_lm(
                 qeff, prompts, None, generation_len=GENERATION_LEN, prefill_seq_len=PREFILL_SEQ_LEN, ctx_len=CTX_LEN

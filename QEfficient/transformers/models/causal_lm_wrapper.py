@@ -20,7 +20,6 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
 
-
 EXPORTABLE_EXPERTS = "batched_mm"
 
 
