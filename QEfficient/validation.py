@@ -15,8 +15,6 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from QEfficient.transformers.embeddings.pooling import EncoderForExport
-
 DEFAULT_SENTENCES = (
     "The cat sits on the mat.",
     "A kitten is resting on a rug.",
@@ -36,6 +34,7 @@ class StageResult:
     shape: tuple[int, ...]
     passed: bool
     detail: str = ""
+    error: str = ""  # the first line of the exception when the stage raised
 
 
 @dataclass
@@ -61,7 +60,8 @@ class ValidationReport:
         ]
         for s in self.stages:
             measure = s.detail or f"{s.max_abs_diff:.3e}"
-            lines.append(f"{s.stage:<22} {str(s.shape):<16} {measure:>18}  {'PASS' if s.passed else 'FAIL'}")
+            result = "PASS" if s.passed else "FAIL" + (f": {s.error}" if s.error else "")
+            lines.append(f"{s.stage:<22} {str(s.shape):<16} {measure:>18}  {result}")
         lines.append(f"overall: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 
@@ -73,7 +73,7 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def validate(
     model: Any,
-    sentences: Sequence[str] = DEFAULT_SENTENCES,
+    sentences: Sequence[str] | Sequence[Sequence[int]] = DEFAULT_SENTENCES,
     tokenizer: Any = None,
     seq_len: int | Sequence[int] | None = None,
     atol: float = 1e-5,
@@ -83,8 +83,12 @@ def validate(
 
     `model` is a QEfficient model or a path/hub id. Encoders (`QEFFAutoModel`, loaded with
     `from_pretrained(model, **from_pretrained_kwargs)`, e.g. `pooling="mean"`) compare embeddings or
-    hidden states within `atol`; causal LMs go to `validate_causal_lm` (exact greedy tokens; `sentences`
-    are the prompts).
+    hidden states within `atol`, and sequence classifiers (`QEFFAutoModelForSequenceClassification`) their
+    logits; causal LMs go to `validate_causal_lm` (exact greedy tokens; `sentences` are the prompts).
+
+    `sentences` are strings (through the tokenizer) or lists of token ids (no tokenizer needed; the batch is
+    right-padded with the model's pad id). A stage that raises is recorded as failed, with the first line
+    of the error in `StageResult.error`, and the later stages are not run.
     """
     from QEfficient.transformers.models.modeling_auto import (
         QEFFAutoModel,
@@ -101,39 +105,76 @@ def validate(
     if isinstance(model, QEFFAutoModelForCausalLM):
         prompts = DEFAULT_PROMPTS if sentences is DEFAULT_SENTENCES else sentences
         return validate_causal_lm(model, prompts, tokenizer)
-    tokenizer = tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise ValueError("validate() needs a tokenizer; pass tokenizer=.")
-    batch = tokenizer(list(sentences), padding=True, return_tensors="np")
-    input_ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+    input_ids, mask = _padded_batch(model, sentences, tokenizer)
     ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(mask)
     report = ValidationReport(model=model.model_name, atol=atol)
+    reference: np.ndarray | None = None
 
-    wrapper = model.model
-    with torch.no_grad():
-        hidden = model.hf_model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-        reference = hidden
-        if isinstance(wrapper, EncoderForExport) and wrapper.pooling is not None:
-            reference = wrapper.pooling(hidden, mask_t)
-            if wrapper.normalize:
-                reference = torch.nn.functional.normalize(reference, p=2, dim=-1)
-        reference = reference.numpy()
-        transformed = wrapper(ids_t, mask_t).numpy()
+    def add(stage: str, run: Any) -> bool:
+        """Run one stage and compare it with HF; a stage that raises is recorded as failed."""
+        nonlocal reference
+        try:
+            values = run()
+            if reference is None:
+                reference = values
+            diff = float(np.max(np.abs(_masked(values, mask) - _masked(reference, mask))))
+        except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+            report.stages.append(StageResult(stage, float("inf"), (), False, error=_first_line(exc)))
+            return False
+        report.stages.append(StageResult(stage, diff, tuple(values.shape), bool(diff <= atol)))
+        return True
 
-    def add(stage: str, values: np.ndarray) -> None:
-        diff = float(np.max(np.abs(_masked(values, mask) - _masked(reference, mask))))
-        report.stages.append(StageResult(stage, diff, tuple(values.shape), diff <= atol))
+    def onnx_runtime() -> np.ndarray:
+        onnx_path = model.onnx_path or model.export()
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
-    add("HF PyTorch", reference)
-    add("transformed PyTorch", transformed)
-    onnx_path = model.onnx_path or model.export()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    add("ONNX Runtime", session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0])
-    if model._program is None:
-        longest = int(mask.sum(1).max())
-        model.compile(seq_len=seq_len or [max(8, 1 << (longest - 1).bit_length())])
-    add("compiled program", model.generate(batch)[model.output_name])
+    def compiled() -> np.ndarray:
+        if model._program is None:
+            longest = int(mask.sum(1).max())
+            model.compile(seq_len=seq_len or [max(8, 1 << (longest - 1).bit_length())])
+        return model.generate({"input_ids": input_ids, "attention_mask": mask})[model.output_name]
+
+    stages = (
+        ("HF PyTorch", lambda: model.hf_reference(ids_t, mask_t).numpy()),
+        ("transformed PyTorch", lambda: _no_grad(model.model, ids_t, mask_t)),
+        ("ONNX Runtime", onnx_runtime),
+        ("compiled program", compiled),
+    )
+    for stage, run in stages:
+        if not add(stage, run):
+            break
     return report
+
+
+def _no_grad(module: Any, *args: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return module(*args).numpy()
+
+
+def _padded_batch(model: Any, sentences: Any, tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64, right-padded: from texts through the tokenizer, or from token ids."""
+    items = list(sentences)
+    if not items:
+        raise ValueError("validate() got no sentences.")
+    if all(isinstance(s, str) for s in items):
+        tokenizer = tokenizer or model.tokenizer
+        if tokenizer is None:
+            raise ValueError("validate() needs a tokenizer for text inputs; pass tokenizer=, or lists of token ids.")
+        batch = tokenizer(items, padding=True, return_tensors="np")
+        return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+    if any(isinstance(s, str) for s in items):
+        raise TypeError("validate() takes strings or lists of token ids, not a mix of both.")
+    rows = [[int(t) for t in row] for row in items]
+    if any(not row for row in rows):
+        raise ValueError("validate() got an empty list of token ids.")
+    longest = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), longest), model._pad_token_id(), dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask
 
 
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea, there lived")

@@ -22,6 +22,7 @@ from torch import nn
 
 import QEfficient
 from QEfficient.backends import Program, Specialization, get_backend
+from QEfficient.base.onnx_symbolics import register_symbolics
 from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
 from QEfficient.base.pytorch_transforms import PytorchTransform, transform_name
 from QEfficient.utils.cache import build_artifact, hash_params, qeff_home
@@ -175,6 +176,7 @@ class QEFFBaseModel(ABC):
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+            register_symbolics(opset)
             torch.onnx.export(
                 self.model,
                 tuple(example_inputs.values()),

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from QEfficient.sweep.checks_encoders import check_encoder, check_sequence_classification
 from QEfficient.sweep.runner import (
     FAIL,
     HF_CANNOT_BUILD,
@@ -34,12 +35,22 @@ def sweep_prompts() -> list[list[int]]:
     return [torch.randint(8, VOCAB - 32, (n,), generator=generator).tolist() for n in lengths]
 
 
-def build_tiny(auto_class, model_type: str):
+def build_tiny(auto_class, model_type: str, **overrides):
     """(config, tiny HF model in eval mode, fp32, seeded weights)."""
-    config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_config, model_type)
+    config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_config, model_type, **overrides)
     torch.manual_seed(0)
     model = run_stage("HF build", HF_CANNOT_BUILD, auto_class.from_config, config, dtype=torch.float32)
     return config, model.eval()
+
+
+def _declared_fields(model_type: str) -> set[str]:
+    """Names the config class declares itself (not inherited from PreTrainedConfig)."""
+    import dataclasses
+
+    from transformers import CONFIG_MAPPING, PreTrainedConfig
+
+    base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    return {f.name for f in dataclasses.fields(CONFIG_MAPPING[model_type])} - base
 
 
 def check_causal_lm(model_type: str) -> SweepRow:
@@ -51,7 +62,9 @@ def check_causal_lm(model_type: str) -> SweepRow:
     row = SweepRow("causal-lm", model_type, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
     prompts = sweep_prompts()
     try:
-        _, hf_model = build_tiny(AutoModelForCausalLM, model_type)
+        # encoder families (BERT, RoBERTa, ...) act as causal LMs only with is_decoder=True, as HF's warning says
+        decoder = {"is_decoder": True} if "is_decoder" in _declared_fields(model_type) else {}
+        _, hf_model = build_tiny(AutoModelForCausalLM, model_type, **decoder)
         row.architecture = type(hf_model).__name__
         for prompt in prompts:
             run_stage("HF generate", HF_CANNOT_RUN, _hf_greedy, hf_model, prompt, 4)
@@ -80,4 +93,8 @@ def check_causal_lm(model_type: str) -> SweepRow:
     return row
 
 
-CHECKS = {"causal-lm": check_causal_lm}
+CHECKS = {
+    "causal-lm": check_causal_lm,
+    "encoder": check_encoder,
+    "sequence-classification": check_sequence_classification,
+}

@@ -48,9 +48,11 @@ class FixedKVLayer(CacheLayerMixin):
         slots: torch.Tensor,
         row_has_valid: torch.Tensor,
         batch_index: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.keys, self.values = keys, values
+        self.start = start
         self.source, self.slots, self.row_has_valid = source, slots, row_has_valid
         self.batch_index = batch_index
         self.is_initialized = True
@@ -85,8 +87,11 @@ class FixedKVLayer(CacheLayerMixin):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.keys.shape[2], 0
 
-    def get_seq_length(self) -> int:
-        return 0  # positions come from position_ids, never from the cache's fill level
+    def get_seq_length(self) -> torch.Tensor | int:
+        """The position of this step's first token (row 0): what a model that numbers its tokens as
+        `cache.get_seq_length() + arange(seq_len)` instead of reading `position_ids` needs. Models that take
+        `position_ids` never call it for positions. Rows with other start positions need `position_ids`."""
+        return self.start if self.start is not None else 0
 
     def get_max_length(self) -> int:
         return self.keys.shape[2]
@@ -99,7 +104,8 @@ class FixedKVCache(Cache):
         self, past: list[tuple[torch.Tensor, torch.Tensor]], position_ids: torch.Tensor, batch_index=None
     ) -> None:
         source, slots, row_has_valid = padding_safe_slots(position_ids)
-        layers = [FixedKVLayer(k, v, source, slots, row_has_valid, batch_index) for k, v in past]
+        start = position_ids[0, 0].clamp(min=0)
+        layers = [FixedKVLayer(k, v, source, slots, row_has_valid, batch_index, start) for k, v in past]
         super().__init__(layers=layers)
 
     def retained_state(self) -> list[torch.Tensor]:

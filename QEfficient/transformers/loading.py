@@ -136,14 +136,30 @@ def load_pretrained(
         config = AutoConfig.from_pretrained(source, **config_kwargs, **extra)
         if check_config is not None:
             check_config(config)
-        model_class = getattr(auto_class, "_model_mapping", {}).get(type(config), auto_class)
+        model_class = model_class_for(auto_class, config)
         attention = choose_attention(model_class, requested_attention)
         logger.info("Loading %s with dtype=float32, attn_implementation=%r (forced for export).", source, attention)
-        return auto_class.from_pretrained(
+        return model_class.from_pretrained(
             source, *args, dtype=torch.float32, attn_implementation=attention, **kwargs, **extra
         )
 
     return prepare_for_export(local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only"))))
+
+
+def model_class_for(auto_class: Any, config: PretrainedConfig) -> Any:
+    """The class `auto_class` maps `config` to; for a config class the auto mapping does not list (e.g. the
+    text config of a multimodal model, saved from its `...ForCausalLM`), the transformers class named in
+    `config.architectures`. Otherwise `auto_class` itself, which raises HF's own error."""
+    mapping = getattr(auto_class, "_model_mapping", {})
+    if type(config) in mapping:
+        return mapping[type(config)]
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        candidate = getattr(transformers, name, None)
+        if isinstance(candidate, type) and getattr(candidate, "config_class", None) is type(config):
+            return candidate
+    return auto_class
 
 
 def split_gguf_path(name_or_path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
@@ -154,9 +170,27 @@ def split_gguf_path(name_or_path: str | os.PathLike, gguf_file: str | None) -> t
     return str(name_or_path), gguf_file
 
 
+# A folder holding any of these has a tokenizer; without them AutoTokenizer would try to build the config's
+# tokenizer class from nothing (and fail on its optional dependencies).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with a model (same local-first rule as `load_pretrained`)."""
+    """The tokenizer saved with a model (same local-first rule as `load_pretrained`).
+
+    A local folder without tokenizer files raises `OSError` at once.
+    """
     source, is_local = resolve_model_source(name_or_path)
+    if is_local and not any((Path(source) / name).exists() for name in TOKENIZER_FILES):
+        raise OSError(f"No tokenizer files in {source}.")
     return local_then_hub(lambda **extra: AutoTokenizer.from_pretrained(source, **kwargs, **extra), source, is_local)
 
 

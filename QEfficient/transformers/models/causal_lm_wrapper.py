@@ -44,7 +44,8 @@ class KVLayout:
 
 def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
     """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes."""
-    cache = DynamicCache(config=model.config)
+    text_config = model.config.get_text_config(decoder=True)
+    cache = DynamicCache(config=text_config)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 2), dtype=torch.int64), cache=cache, use_cache=True)
     keys, values = [], []
@@ -58,14 +59,14 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
         values.append((layer.values.shape[1], layer.values.shape[3]))
     if not keys:
         raise UnsupportedCausalLMError(f"{type(model).__name__} did not fill a key/value cache when called with one.")
-    layer_types, layer_kwargs = get_layer_types_and_kwargs(model.config)
+    layer_types, layer_kwargs = get_layer_types_and_kwargs(text_config)
     unknown = set(layer_types) - {"full_attention", "sliding_attention"}
     if unknown:
         raise UnsupportedCausalLMError(f"{type(model).__name__} has layer types {sorted(unknown)}; not supported yet.")
     windows = {kw["sliding_window"] for t, kw in zip(layer_types, layer_kwargs) if t == "sliding_attention"}
     if len(windows) > 1:
         raise UnsupportedCausalLMError(f"{type(model).__name__} mixes sliding windows {sorted(windows)}.")
-    by_type = getattr(model.config, "layer_types", None) is not None
+    by_type = getattr(text_config, "layer_types", None) is not None
     return KVLayout(tuple(keys), tuple(values), windows.pop() if windows else None, by_type)
 
 
@@ -106,7 +107,7 @@ class CausalLMForExport(nn.Module):
 
     def _probe_logits(self) -> torch.Tensor:
         """Logits of a fixed 6-token prefill through this wrapper (ctx 8), for comparing implementations."""
-        ids = torch.arange(1, 7).unsqueeze(0) % self.model.config.get_text_config().vocab_size
+        ids = torch.arange(1, 7).unsqueeze(0) % self.model.config.get_text_config(decoder=True).vocab_size
         past = []
         for (hk, dk), (hv, dv) in zip(self.layout.key_shapes, self.layout.value_shapes):
             past += [torch.zeros(1, hk, 8, dk), torch.zeros(1, hv, 8, dv)]

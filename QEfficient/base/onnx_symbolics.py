@@ -1,0 +1,54 @@
+"""ONNX symbolic functions for aten ops that the TorchScript exporter lacks or gets wrong at our opset.
+
+Each is registered once before the first export. Models reach these ops through ordinary PyTorch code:
+- `torch.expm1` (xIELU activations) and `F.rms_norm`: missing; plain decompositions into standard ops.
+- `repeat_interleave` with a negative `dim` (interleaved rotary embeddings): torch's symbolic normalises `dim`
+  by adding the rank *in place* to the traced constant, which the tracer shares with every other `-1` in the
+  graph, so an unrelated `view(..., -1, head_dim)` silently becomes `view(..., rank - 1, head_dim)`. The
+  wrapper hands it a fresh non-negative constant instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.onnx import symbolic_helper
+from torch.onnx._internal.torchscript_exporter import symbolic_opset13
+
+_registered: set[int] = set()
+
+
+def _expm1(g, x):  # noqa: ANN001, ANN202 - exporter callback signature
+    one = g.op("Constant", value_t=torch.tensor(1.0))
+    return g.op("Sub", g.op("Exp", x), g.op("CastLike", one, x))
+
+
+@symbolic_helper.parse_args("v", "is", "v", "v")
+def _rms_norm(g, x, normalized_shape, weight, eps):  # noqa: ANN001, ANN202
+    axes = list(range(-len(normalized_shape), 0))
+    eps_value = symbolic_helper._maybe_get_const(eps, "f")
+    if eps_value is None or symbolic_helper._is_none(eps):
+        eps_value = torch.finfo(torch.float32).eps
+    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=axes, keepdims_i=1)
+    eps_t = g.op("CastLike", g.op("Constant", value_t=torch.tensor(float(eps_value))), x)
+    out = g.op("Mul", x, g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_square, eps_t))))
+    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+
+def _repeat_interleave(g, self, repeats, dim=None, output_size=None):  # noqa: ANN001, ANN202
+    if not symbolic_helper._is_none(dim):
+        value = int(symbolic_helper._maybe_get_const(dim, "i"))
+        rank = symbolic_helper._get_tensor_rank(self)
+        if value < 0 and rank is not None:
+            value += rank
+        dim = g.op("Constant", value_t=torch.tensor(value))
+    return symbolic_opset13.repeat_interleave(g, self, repeats, dim, output_size)
+
+
+def register_symbolics(opset: int) -> None:
+    """Register the decompositions for `opset` (idempotent)."""
+    if opset in _registered:
+        return
+    torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, opset)
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+    torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", _repeat_interleave, opset)
+    _registered.add(opset)
