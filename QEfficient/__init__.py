@@ -6,6 +6,7 @@ from QEfficient.base.modeling_qeff import QEFFBaseModel  # noqa: E402
 from QEfficient.transformers.models.modeling_auto import (  # noqa: E402
     QEFFAutoModel,
     QEFFAutoModelForCausalLM,
+    QEFFAutoModelForSequenceClassification,
     QEFFTransformersBase,
 )
 from QEfficient.validation import validate  # noqa: E402
@@ -13,6 +14,7 @@ from QEfficient.validation import validate  # noqa: E402
 __all__ = [
     "QEFFAutoModel",
     "QEFFAutoModelForCausalLM",
+    "QEFFAutoModelForSequenceClassification",
     "QEFFBaseModel",
     "QEFFTransformersBase",
     "__version__",

@@ -10,6 +10,7 @@ need one more consistent value; `TINY_OVERRIDES` holds those, per model type.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedConfig
@@ -50,6 +51,9 @@ _SIZES: dict[str, tuple[int, tuple[str, ...]]] = {
             "d_embed",
             "cross_attention_hidden_size",
             "router_hidden_size",
+            "adapter_in_dim",
+            "adapter_input_size",
+            "adapter_out_dim",
         ),
     ),
     "intermediate": (
@@ -135,7 +139,6 @@ _SIZES: dict[str, tuple[int, tuple[str, ...]]] = {
             "linear_head_dim",
             "mamba_d_head",
             "mamba_head_dim",
-            "qk_head_dim",
         ),
     ),
     "experts": (EXPERTS, ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")),
@@ -189,41 +192,211 @@ _TEXT_TOKENS = {
 }
 
 # Values a size rule cannot derive, per model type (kept consistent with the tiny sizes above).
-TINY_OVERRIDES: dict[str, dict[str, Any]] = {}
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    # Hybrids whose class defaults hold one kind of layer only: give them one layer of each kind.
+    "bamba": {"attn_layer_indices": [1]},
+    "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"]},
+    "lfm2": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},  # layer 0 dense (num_dense_layers), layer 1 MoE
+    # The shared attention block is shared: two hybrid layers use it (HF also ties it across them).
+    "zamba": {  # its attention reads [hidden, embeddings] concatenated: twice the width
+        "num_hidden_layers": 3,
+        "layers_block_type": ["linear_attention", "hybrid", "hybrid"],
+        "attention_hidden_size": 2 * HIDDEN,
+        "attention_head_dim": 2 * HEAD_DIM,
+    },
+    "zamba2": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
+    # `attention_types` is [[pattern, repeats]]: one global and one local layer.
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "num_layers": 2},
+    "zaya": {"num_experts_per_tok": 1},
+    "dots1": {
+        "n_routed_experts": EXPERTS,
+        "n_shared_experts": 1,
+    },  # class defaults leave the MoE unset  # HF supports top-1 routing only
+    # input / looped / output sections, one attention layer each (`to_dict` units: each followed by an MLP)
+    "dory": {
+        "num_hidden_layers": 6,
+        "layer_types": ["sliding_attention", "mlp", "full_attention", "mlp", "sliding_attention", "mlp"],
+        "n_input_layers": 2,
+        "n_recurrent_layers": 2,
+        "n_output_layers": 2,
+    },
+    # axial position factors: the dims sum to hidden, the shape multiplies to the positions
+    "reformer": {"is_decoder": True, "axial_pos_embds_dim": [32, 32], "axial_pos_shape": [16, 32]},
+    # the modeling reads rope_theta (no default in the sub-config) and always clips q/k/v
+    "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},
+    # sliding layers: head_dim == their own qk_nope_head_dim (per_layer_config, scaled to 24) + qk_rope_head_dim (8)
+    "dots3_note": {"text_config": {"head_dim": 32}},
+    "dots3_note_text": {"head_dim": 32},
+    # the class defaults name "indexed_attention" layers but leave the indexer unset
+    "qwen4_exp": {
+        "text_config": {
+            "indexer_n_heads": 4,
+            "indexer_kv_heads": 1,
+            "indexer_head_dim": 16,
+            "indexer_budget": 8,
+            "indexer_compress_ratio": 4,
+        }
+    },
+    "qwen4_exp_text": {
+        "indexer_n_heads": 4,
+        "indexer_kv_heads": 1,
+        "indexer_head_dim": 16,
+        "indexer_budget": 8,
+        "indexer_compress_ratio": 4,
+    },
+    # the class's own checks (its defaults fail them): a drafter without per-layer inputs, MoE or wide MLP
+    "gemma4_assistant": {
+        "text_config": {
+            "hidden_size_per_layer_input": 0,
+            "vocab_size_per_layer_input": 0,
+            "enable_moe_block": False,
+            "use_double_wide_mlp": False,
+        }
+    },
+}
 
 
-def _layer_lists(values: dict[str, Any], layers: int) -> list[str]:
-    """Fields holding one entry per layer (layer kinds, per-layer flags)."""
+_INDEX_LIST = re.compile(r"(idxs|indices|indexes|layer_ids|_layers)$")  # lists of layer indices
+_PERIODS = re.compile(r"^(.*)_period$")  # `X_period` / `X_offset`: layer i is of kind X when i % period == offset
+_PER_LAYER_DICTS = ("per_layer_config",)  # {layer index: overrides of the base config}
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _layer_count(values: dict[str, Any]) -> tuple[str | None, int]:
+    """(name, value) of the layer-count field, or (None, 0)."""
+    name = next((n for n in _SIZES["layers"][1] if isinstance(values.get(n), int)), None)
+    return name, values[name] if name else 0
+
+
+def _is_index_list(name: str, value: Any, layers: int) -> bool:
+    """A strictly increasing list of layer indices (`full_attn_idxs`, `hybrid_layer_ids`, `moe_layers`)."""
+    return (
+        bool(_INDEX_LIST.search(name))
+        and isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < layers for v in value)
+        and all(a < b for a, b in zip(value, value[1:]))
+    )
+
+
+def _per_layer_lists(values: dict[str, Any], layers: int) -> list[str]:
+    """Fields holding one scalar entry per layer (layer kinds, per-layer flags, sizes or rates)."""
     return [
         name
         for name, value in values.items()
         if isinstance(value, list)
-        and (name in _LAYER_LISTS or (len(value) == layers and layers > 1))
-        and all(isinstance(v, (str, int, bool)) or v is None for v in value)
+        and len(value) == layers
+        and (name in _LAYER_LISTS or layers > 1)
+        and not _is_index_list(name, value, layers)
+        and all(isinstance(v, _SCALAR) for v in value)
     ]
 
 
-def _shrink_layers(values: dict[str, Any]) -> dict[str, Any]:
-    """Keep one layer of each distinct combination of per-layer kinds, in order (at least `LAYERS` layers)."""
-    count_name = next((n for n in _SIZES["layers"][1] if isinstance(values.get(n), int)), None)
-    layers = values[count_name] if count_name else 0
-    lists = [n for n in _layer_lists(values, layers) if len(values[n]) == layers] if layers else []
-    if not lists:
-        return {count_name: LAYERS} if count_name else {}
-    combos = list(zip(*(values[n] for n in lists)))
-    keep = list(dict.fromkeys(combos))
-    keep_index = [combos.index(c) for c in keep]
-    while len(keep_index) < LAYERS:
-        keep_index.append(keep_index[-1])
-    out = {n: [values[n][i] for i in keep_index] for n in lists}
-    out[count_name] = len(keep_index)
+def _layer_dict_keys(value: dict) -> dict[int, Any]:
+    """{layer index: key} of a dict keyed by layer index (keys may be strings such as "05")."""
+    return {int(k): k for k in value if str(k).isdigit()}
+
+
+def _scaled_per_layer(entry: dict[str, Any], defaults: dict[str, Any], tiny: dict[str, Any]) -> dict[str, Any]:
+    """One layer's overrides, scaled by the same ratio as the base value (a layer twice as wide stays so)."""
+    out = {}
+    for name, value in entry.items():
+        base, small = defaults.get(name), tiny.get(name)
+        if isinstance(value, int) and isinstance(base, int) and isinstance(small, int) and base > 0:
+            out[name] = max(1, round(small * value / base))
+        else:
+            out[name] = _scaled(name, value, defaults)
     return out
+
+
+def _shrink_layers(values: dict[str, Any], tiny: dict[str, Any]) -> dict[str, Any]:
+    """Keep one layer of each distinct combination of per-layer kinds, in order (at least `LAYERS` layers).
+
+    The kinds of a layer come from every per-layer list (any scalar type), every list of layer indices, every
+    dict keyed by layer index and every `X_period`/`X_offset` pair. Lists and dicts are re-indexed to the kept
+    layers; kinds set by a period can only be kept by keeping a prefix of the layers. A short kind pattern
+    (`block_types` repeated over the layers) is reduced to one layer of each kind, in order.
+    """
+    count_name, layers = _layer_count(values)
+    if not count_name:
+        return {}
+    lists = _per_layer_lists(values, layers)
+    index_lists = [n for n, v in values.items() if v and _is_index_list(n, v, layers)]
+    dicts = [n for n in _PER_LAYER_DICTS if isinstance(values.get(n), dict) and values[n]]
+    periods = [
+        (int(values[n]), int(values[f"{m.group(1)}_offset"]))
+        for n in values
+        if (m := _PERIODS.match(n))
+        and isinstance(values[n], int)
+        and isinstance(values.get(f"{m.group(1)}_offset"), int)
+    ]
+    patterns = [
+        n
+        for n in _LAYER_LISTS
+        if isinstance(values.get(n), list)
+        and 0 < len(values[n]) < layers
+        and n not in lists
+        and all(isinstance(v, _SCALAR) for v in values[n])
+    ]
+    shared = values.get("num_kv_shared_layers") or 0  # the last layers reuse the KV of earlier ones
+
+    def kind(i: int) -> tuple:
+        return (
+            tuple(values[n][i] for n in lists)
+            + tuple(i in values[n] for n in index_lists)
+            + tuple(str(sorted(values[n].get(_layer_dict_keys(values[n]).get(i), {}).items())) for n in dicts)
+            + tuple(i % period == offset for period, offset in periods)
+            + (i >= layers - shared,)
+        )
+
+    combos = [kind(i) for i in range(layers)]
+    first = list(dict.fromkeys(combos))
+    if periods:
+        keep = list(range(max(combos.index(c) for c in first) + 1))
+    else:
+        keep = [combos.index(c) for c in first]
+    while len(keep) < LAYERS:
+        keep.append(keep[-1])
+    out: dict[str, Any] = {count_name: len(keep)}
+    if shared:
+        out["num_kv_shared_layers"] = sum(i >= layers - shared for i in keep)
+    for n in lists:
+        out[n] = [_scaled_list_entry(n, values[n], values[n][i]) for i in keep]
+    for n in index_lists:
+        out[n] = [new for new, old in enumerate(keep) if old in values[n]]
+    for n in dicts:
+        keys = _layer_dict_keys(values[n])
+        out[n] = {
+            f"{new:0{len(keys[old])}d}" if isinstance(keys[old], str) else new: _scaled_per_layer(
+                values[n][keys[old]], values, tiny
+            )
+            for new, old in enumerate(keep)
+            if old in keys
+        }
+    for n in patterns:
+        out[n] = list(dict.fromkeys(values[n]))
+        out[count_name] = max(len(out[n]), LAYERS)
+    return out
+
+
+def _scaled_list_entry(name: str, entries: list[Any], value: Any) -> Any:
+    """One entry of a per-layer list; per-layer sizes are scaled relative to the most common one."""
+    if name not in _SIZE_OF or not isinstance(value, int) or isinstance(value, bool):
+        return value
+    common = max(set(entries), key=entries.count)
+    return max(1, round(_SIZE_OF[name] * value / common)) if common else value
 
 
 def _scaled(name: str, value: Any, defaults: dict[str, Any]) -> Any:
     """The tiny value for one field, or `value` unchanged when no rule applies."""
     if name in _TEXT_TOKENS:
         return _TEXT_TOKENS[name] if value is not None or name == "pad_token_id" else None
+    if value is None and name == "vocab_size":  # set by a tokenizer at load time (esm)
+        return VOCAB
+    if value is None and name == "head_dim" and "num_attention_heads" in defaults:
+        return HEAD_DIM  # None means hidden / heads, which is HEAD_DIM here; some models read it as is
+    if value is None and name == "num_key_value_heads" and "num_attention_heads" in defaults:
+        return HEADS  # None means one KV head per attention head
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -240,6 +413,10 @@ def _scaled(name: str, value: Any, defaults: dict[str, Any]) -> Any:
             return VOCAB - 1 - (sum(map(ord, name)) % 16)
         if name in ("n_group", "topk_group", "first_k_dense_replace", "num_dense_layers"):
             return min(value, 1)
+        if name in ("n_groups", "mamba_n_groups", "mamba_ngroups"):  # state groups, shared by the mamba heads
+            return min(value, 2)
+        if name in ("mamba_dt_rank", "time_step_rank", "dt_rank"):
+            return HIDDEN // 16
         if name.endswith(("state_size", "d_state")):
             return 16
     if isinstance(value, dict) and name in ("rope_parameters", "rope_scaling"):
@@ -256,6 +433,53 @@ def _scaled_rope(rope: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+# Mamba-2 mixers: (heads, head dim, expand, inner size); heads * head dim must equal the inner size, which is
+# `expand * hidden` unless set explicitly.
+_MAMBA = (
+    ("mamba_n_heads", "mamba_d_head", "mamba_expand", "mamba_d_ssm"),
+    ("mamba_num_heads", "mamba_head_dim", "expand", None),
+    ("num_heads", "head_dim", "expand", None),
+)
+
+
+def _consistent(defaults: dict[str, Any], tiny: dict[str, Any]) -> dict[str, Any]:
+    """Sizes derived from other tiny sizes, so that the scaled config stays self-consistent."""
+    out: dict[str, Any] = {}
+    hidden = next((tiny[n] for n in _SIZES["hidden"][1] if isinstance(tiny.get(n), int)), HIDDEN)
+    for heads, head_dim, expand, inner in _MAMBA:
+        if all(isinstance(tiny.get(n), int) for n in (heads, head_dim, expand)):
+            size = tiny[expand] * hidden
+            if inner and isinstance(tiny.get(inner), int):
+                out[inner] = size
+            out[heads] = size // tiny[head_dim]
+    if all(isinstance(defaults.get(n), int) for n in ("qk_nope_head_dim", "qk_rope_head_dim")):
+        # MLA: sizes that are the whole query-key head (nope + rope) or its rotary part stay so
+        full, rope = defaults["qk_nope_head_dim"] + defaults["qk_rope_head_dim"], defaults["qk_rope_head_dim"]
+        for name in (*_SIZES["head_dim"][1], "qk_head_dim"):
+            if name not in ("qk_nope_head_dim", "v_head_dim") and isinstance(defaults.get(name), int):
+                if defaults[name] == full:
+                    out[name] = tiny["qk_nope_head_dim"] + tiny["qk_rope_head_dim"]
+                elif defaults[name] == rope:
+                    out[name] = tiny["qk_rope_head_dim"]
+    if isinstance(defaults.get("rotary_dim"), int):  # partial rotary: keep the rotary share of the head
+        full_head = next((defaults[n] for n in _SIZES["hidden"][1] if isinstance(defaults.get(n), int)), 0)
+        full_heads = next((defaults[n] for n in _SIZES["heads"][1] if isinstance(defaults.get(n), int)), 0)
+        share = defaults["rotary_dim"] / (full_head // full_heads) if full_head and full_heads else 0.5
+        out["rotary_dim"] = max(2, 2 * round(HEAD_DIM * min(share, 1) / 2))
+    value_heads, key_heads = defaults.get("linear_num_value_heads"), defaults.get("linear_num_key_heads")
+    if (
+        isinstance(value_heads, int)
+        and isinstance(key_heads, int)
+        and isinstance(tiny.get("linear_num_key_heads"), int)
+    ):
+        out["linear_num_value_heads"] = tiny["linear_num_key_heads"] * max(1, value_heads // key_heads)
+    if any(isinstance(tiny.get(n), int) and tiny[n] > 1 for n in _SIZES["experts"][1]):
+        for name in _SIZES["experts_per_token"][1]:
+            if name in tiny and tiny[name] is None:
+                out[name] = EXPERTS_PER_TOKEN
+    return out
+
+
 def shrink(values: dict[str, Any]) -> dict[str, Any]:
     """A config dict with every known size scaled down; nested sub-config dicts are shrunk too."""
     out = {}
@@ -264,7 +488,8 @@ def shrink(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = shrink(value)
         else:
             out[name] = _scaled(name, value, values)
-    out.update(_shrink_layers(values))
+    out.update(_shrink_layers(values, out))
+    out.update(_consistent(values, out))
     if "initializer_range" in out:
         # random-init logits are tiny: a wider init keeps greedy choices away from near-ties
         out["initializer_range"] = 0.2
@@ -275,7 +500,21 @@ def tiny_config(model_type: str, **overrides: Any) -> PreTrainedConfig:
     """A tiny config of `model_type`: the class's defaults with every known size scaled down."""
     config_class = CONFIG_MAPPING[model_type]
     fields = {f.name for f in dataclasses.fields(config_class)}
-    values = {k: v for k, v in shrink(config_class().to_dict()).items() if k in fields}
-    values.update(TINY_OVERRIDES.get(model_type, {}))
-    values.update(overrides)
+    try:
+        defaults = config_class()
+    except Exception:  # noqa: BLE001 - a class whose own defaults fail its checks: start from the override
+        defaults = config_class(**TINY_OVERRIDES.get(model_type, {}))
+    values = {k: v for k, v in shrink(defaults.to_dict()).items() if k in fields}
+    values = _merged(_merged(values, TINY_OVERRIDES.get(model_type, {})), overrides)
     return config_class(**values)
+
+
+def _merged(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` with `overrides` applied; an override of a sub-config dict updates it field by field."""
+    out = dict(values)
+    for name, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(name), dict) and name not in _PER_LAYER_DICTS:
+            out[name] = _merged(out[name], value)
+        else:
+            out[name] = value
+    return out

@@ -6,21 +6,31 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from QEfficient.base.modeling_qeff import QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
 from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
+from QEfficient.transformers.embeddings.classification import (
+    ClassificationTransform,
+    ClassifierForExport,
+    text_pad_token_id,
+)
 from QEfficient.transformers.embeddings.pooling import EncoderForExport, PoolingFn
 from QEfficient.transformers.loading import load_pretrained, load_tokenizer, prepare_for_export
 from QEfficient.transformers.models.pytorch_transforms import KVCacheTransform, PoolingTransform
-from QEfficient.transformers.models.registry import check_encoder_supported
+from QEfficient.transformers.models.registry import (
+    check_encoder_supported,
+    check_sequence_classification_supported,
+    is_encoder_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +41,7 @@ DEFAULT_CTX_LEN = 128
 def max_sequence_length(config: Any) -> int | None:
     """Longest input the model's position embeddings allow (RoBERTa-style models reserve pad+1 slots)."""
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
+    if not isinstance(limit, int) or limit <= 0:  # e.g. XLNet's -1: no limit
         return None
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= (getattr(config, "pad_token_id", 1) or 1) + 1
@@ -104,7 +114,11 @@ class QEFFTransformersBase(QEFFBaseModel):
     @property
     def hf_model(self) -> nn.Module:
         """The wrapped HF model, without QEfficient's export wrapper."""
-        return self.model.encoder if isinstance(self.model, EncoderForExport) else self.model
+        if isinstance(self.model, EncoderForExport):
+            return self.model.encoder
+        if isinstance(self.model, ClassifierForExport):
+            return self.model.classifier
+        return self.model
 
     @property
     def model_name(self) -> str:
@@ -126,10 +140,12 @@ class QEFFTransformersBase(QEFFBaseModel):
 
     def export(self, export_dir: str | Path | None = None) -> Path:
         """Export `(input_ids, attention_mask) -> output` with dynamic batch and sequence (cached)."""
-        # A padded example, so that tracing keeps the attention-mask path (all-ones masks may be dropped).
+        # A padded example, so that tracing keeps the attention-mask path (all-ones masks may be dropped);
+        # padding positions hold the pad id, as at run time.
         input_ids = torch.full((2, 8), 5, dtype=torch.int64)
         attention_mask = torch.ones((2, 8), dtype=torch.int64)
         attention_mask[1, 5:] = 0
+        input_ids[1, 5:] = self._pad_token_id()
         output_axes = {0: "batch_size", 1: "seq_len"} if self.output_name == "last_hidden_state" else {0: "batch_size"}
         return self._export(
             {"input_ids": input_ids, "attention_mask": attention_mask},
@@ -190,6 +206,20 @@ class QEFFTransformersBase(QEFFBaseModel):
 
     # ---- running -----------------------------------------------------------------------------------
 
+    def hf_reference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the exported graph should return, computed with the untouched HF model in PyTorch.
+
+        `last_hidden_state`, with the configured pooling (and normalisation) applied in PyTorch. Validation
+        compares every stage with this.
+        """
+        with torch.no_grad():
+            hidden = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            wrapper = self.model
+            if not isinstance(wrapper, EncoderForExport) or wrapper.pooling is None:
+                return hidden
+            pooled = wrapper.pooling(hidden, attention_mask)
+            return nn.functional.normalize(pooled, p=2, dim=-1) if wrapper.normalize else pooled
+
     def generate(self, inputs: Any, runtime: str = "compiled") -> dict[str, np.ndarray]:
         """Run tokenised inputs (a tokenizer's output, or a dict with `input_ids` and `attention_mask`).
 
@@ -238,16 +268,68 @@ class QEFFTransformersBase(QEFFBaseModel):
             outputs = [o[:, :longest] for o in outputs]
         return np.concatenate(outputs)
 
+    def _tokenize(
+        self, texts: list[str], tokenizer: PreTrainedTokenizerBase | None, truncate: bool, caller: str, what: str
+    ) -> list[list[int]]:
+        """Token ids of each text (no padding); longer than the largest compiled seq_len is an error unless
+        `truncate`."""
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError(f"{caller}() needs a tokenizer: none was found with the model; pass tokenizer=.")
+        rows = tokenizer(texts, padding=False, truncation=False, verbose=False)["input_ids"]
+        return self._check_lengths(rows, truncate, what, texts, tokenizer)
+
+    def _check_lengths(
+        self,
+        rows: list[list[int]],
+        truncate: bool,
+        what: str,
+        texts: list[str] | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> list[list[int]]:
+        """Rows longer than the largest compiled seq_len: an error, or truncated (by the tokenizer for texts)."""
+        max_len = max(self.compiled_seq_lens)
+        too_long = [i for i, r in enumerate(rows) if len(r) > max_len]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise ValueError(
+                f"{what} {i} has {len(rows[i])} tokens, more than the largest compiled seq_len {max_len} "
+                f"({len(too_long)} input(s) too long). Compile a longer seq_len, or pass truncate=True."
+            )
+        rows = [list(r) for r in rows]
+        if too_long and texts is not None and tokenizer is not None:
+            clipped = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_len)["input_ids"]
+            for i, row in zip(too_long, clipped):
+                rows[i] = row
+        elif too_long:
+            for i in too_long:
+                rows[i] = rows[i][:max_len]
+        return rows
+
+    def _run_sorted(self, rows: list[list[int]], batch_size: int) -> tuple[list[Any], np.ndarray]:
+        """Run rows sorted by length, `batch_size` at a time; results in input order (and the last output)."""
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        results: list[Any] = [None] * len(rows)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out = self._run_rows([rows[i] for i in chunk])
+            for i, value in zip(chunk, out):
+                results[i] = value[: len(rows[i])] if out.ndim == 3 else value
+        return results, out
+
     def _pad_token_id(self) -> int:
         config = getattr(self.hf_model, "config", None)
-        pad = getattr(config, "pad_token_id", None)
+        pad = text_pad_token_id(config) if config is not None else None
         if pad is None and self.tokenizer is not None:
             pad = self.tokenizer.pad_token_id
         return int(pad or 0)
 
 
 class QEFFAutoModel(QEFFTransformersBase):
-    """Encoder-only models (BERT family) for embeddings, with pooling and normalisation inside the graph.
+    """Encoder-only models for embeddings, with pooling and normalisation inside the graph.
+
+    Any encoder-only architecture (BERT, RoBERTa, DeBERTa, ModernBERT, ... : the masked-LM families of
+    transformers) loads; decoder-only and encoder-decoder models are rejected with `UnsupportedModelError`.
 
     ```python
     model = QEFFAutoModel.from_pretrained(path, pooling="mean", normalize=True)
@@ -264,9 +346,8 @@ class QEFFAutoModel(QEFFTransformersBase):
         self, model: nn.Module, pooling: str | PoolingFn | None = None, normalize: bool = False, **kwargs: Any
     ) -> None:
         config = getattr(model, "config", None)
-        check_encoder_supported(
-            getattr(config, "model_type", type(model).__name__), getattr(config, "architectures", None)
-        )
+        if config is not None:  # a module without a HF config must simply take (input_ids, attention_mask)
+            check_encoder_supported(config)
         super().__init__(model, extra_pytorch_transforms=[PoolingTransform(pooling, normalize)], **kwargs)
 
     @classmethod
@@ -275,7 +356,7 @@ class QEFFAutoModel(QEFFTransformersBase):
 
     @staticmethod
     def _check_config(config: Any) -> None:
-        check_encoder_supported(config.model_type, getattr(config, "architectures", None))
+        check_encoder_supported(config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
@@ -310,35 +391,151 @@ class QEFFAutoModel(QEFFTransformersBase):
             raise TypeError("encode() takes a string or a list of strings.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-        tokenizer = tokenizer or self.tokenizer
-        if tokenizer is None:
-            raise ValueError("encode() needs a tokenizer: none was found with the model; pass tokenizer=.")
         if self._program is None:
             self.compile(batch_size=batch_size)
-        max_len = max(self.compiled_seq_lens)
-        rows = tokenizer(texts, padding=False, truncation=False, verbose=False)["input_ids"]
-        too_long = [i for i, r in enumerate(rows) if len(r) > max_len]
-        if too_long and not truncate:
-            i = too_long[0]
-            raise ValueError(
-                f"Sentence {i} has {len(rows[i])} tokens, more than the largest compiled seq_len {max_len} "
-                f"({len(too_long)} sentence(s) too long). Compile a longer seq_len, or pass truncate=True."
-            )
-        if too_long:
-            clipped = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_len)["input_ids"]
-            for i, row in zip(too_long, clipped):
-                rows[i] = row
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        results: list[Any] = [None] * len(rows)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out = self._run_rows([rows[i] for i in chunk])
-            for i, value in zip(chunk, out):
-                results[i] = value[: len(rows[i])] if out.ndim == 3 else value
+        rows = self._tokenize(texts, tokenizer, truncate, "encode", "Sentence")
+        results, out = self._run_sorted(rows, batch_size)
         if out.ndim == 3:
             return results[0] if single else results
         embeddings = np.stack(results).astype(np.float32, copy=False)
         return embeddings[0] if single else embeddings
+
+
+@dataclass
+class ClassificationOutput:
+    """What `QEFFAutoModelForSequenceClassification.classify` returns, one entry per input."""
+
+    logits: np.ndarray  # float32 [N, num_labels]
+    label_ids: np.ndarray  # int64 [N]: argmax of the logits
+    labels: list[str]  # config.id2label of each label id ("LABEL_<id>" where the config names none)
+
+
+class QEFFAutoModelForSequenceClassification(QEFFTransformersBase):
+    """Sequence classifiers (`AutoModelForSequenceClassification`): `(input_ids, attention_mask) -> logits`.
+
+    ```python
+    model = QEFFAutoModelForSequenceClassification.from_pretrained(path)
+    model.compile(seq_len=[32, 128], batch_size=8)
+    out = model.classify(["I loved it", "Not my thing"])      # or lists of token ids
+    out.logits, out.label_ids, out.labels                      # [N, num_labels], [N], id2label names
+    model.generate(tokenizer(texts, padding=True, return_tensors="np"))["logits"]
+    ```
+
+    Encoder families (BERT, RoBERTa, DeBERTa, ...) and decoder families (Llama, Qwen, GPT-2, ...) both work,
+    with no model-specific code: the exported graph is the HF model's own forward, pooling included. A
+    decoder classifies its last non-padding token, which HF finds from `config.pad_token_id`; the graph
+    writes that id at every masked position, so right-padded inputs (attention_mask 1s then 0s) give HF's
+    logits whatever id they were padded with. A decoder needs `pad_token_id`: when the config has none,
+    `from_pretrained` takes the tokenizer's. Encoder-decoder models are rejected (`UnsupportedModelError`).
+    """
+
+    _hf_auto_class: ClassVar[Any] = AutoModelForSequenceClassification
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        config = getattr(model, "config", None)
+        if config is not None:
+            check_sequence_classification_supported(config)
+        super().__init__(model, extra_pytorch_transforms=[ClassificationTransform()], **kwargs)
+
+    @classmethod
+    def _init_kwargs(cls) -> tuple[str, ...]:
+        return ("tokenizer",)
+
+    @staticmethod
+    def _check_config(config: Any) -> None:
+        check_sequence_classification_supported(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load a HF sequence classifier (hub id offline from the HF cache, local folder) and wrap it.
+
+        A decoder whose config has no `pad_token_id` takes the tokenizer's (logged), as HF's own
+        classification pipelines need it for batches.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        config = model.hf_model.config
+        pad = getattr(model.tokenizer, "pad_token_id", None)
+        if text_pad_token_id(config) is None and pad is not None and not is_encoder_config(config):
+            logger.info("config.pad_token_id is not set; using the tokenizer's pad token id %d.", pad)
+            config.get_text_config().pad_token_id = pad
+        return model
+
+    @property
+    def output_name(self) -> str:
+        return "logits"
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.hf_model.config.num_labels)
+
+    def export(self, export_dir: str | Path | None = None) -> Path:
+        """Export `(input_ids, attention_mask) -> logits [B, num_labels]` with dynamic batch and sequence."""
+        config = self.hf_model.config
+        if text_pad_token_id(config) is None and not is_encoder_config(config):
+            raise ValueError(
+                f"{self.model_name} classifies each input's last non-padding token, which HF finds from "
+                "config.pad_token_id, and it is not set. Set model.hf_model.config.pad_token_id (e.g. to "
+                "tokenizer.pad_token_id or the eos token id) before export."
+            )
+        return super().export(export_dir)
+
+    def hf_reference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """HF's logits for the batch, from the untouched HF model in PyTorch."""
+        with torch.no_grad():
+            return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+
+    def generate(self, inputs: Any, runtime: str = "compiled") -> dict[str, np.ndarray]:
+        """Run tokenised, right-padded inputs (a tokenizer's output, or a dict with `input_ids` and
+        `attention_mask`); returns `{"logits": [B, num_labels]}`.
+
+        Inputs are padded to the smallest compiled shape that fits. `runtime="pytorch"` runs the transformed
+        PyTorch model instead of the compiled program.
+        """
+        return super().generate(inputs, runtime)
+
+    def classify(
+        self,
+        inputs: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
+        batch_size: int = 32,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        truncate: bool = False,
+    ) -> ClassificationOutput:
+        """Classify texts (through the tokenizer) or lists of token ids, on the compiled program.
+
+        A single string or a single list of ids is one input. Inputs are sorted by length and run
+        `batch_size` at a time on the smallest compiled shapes that fit; results come back in input order.
+        An input longer than the largest compiled `seq_len` is an error unless `truncate=True`. Compiles
+        (for `batch_size` and the default sequence lengths) if the model is not compiled yet. Labels are
+        the argmax of the logits, named by `config.id2label`.
+        """
+        if isinstance(inputs, str) or (
+            isinstance(inputs, Sequence) and len(inputs) > 0 and isinstance(inputs[0], (int, np.integer))
+        ):
+            items: list[Any] = [inputs]
+        else:
+            items = list(inputs)
+        if not items:
+            raise ValueError("classify() got no inputs; pass a string, a list of strings or lists of token ids.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        texts = all(isinstance(x, str) for x in items)
+        if not texts and any(isinstance(x, str) for x in items):
+            raise TypeError("classify() takes strings or lists of token ids, not a mix of both.")
+        if self._program is None:
+            self.compile(batch_size=batch_size)
+        if texts:
+            rows = self._tokenize(items, tokenizer, truncate, "classify", "Input")
+        else:
+            rows = [[int(t) for t in row] for row in items]
+            if any(not row for row in rows):
+                raise ValueError("classify() got an empty list of token ids.")
+            rows = self._check_lengths(rows, truncate, "Input")
+        results, _ = self._run_sorted(rows, batch_size)
+        logits = np.stack(results).astype(np.float32, copy=False)
+        label_ids = logits.argmax(axis=-1).astype(np.int64)
+        id2label = getattr(self.hf_model.config, "id2label", None) or {}
+        labels = [str(id2label.get(int(i), id2label.get(str(int(i)), f"LABEL_{int(i)}"))) for i in label_ids]
+        return ClassificationOutput(logits, label_ids, labels)
 
 
 class QEFFAutoModelForCausalLM(QEFFTransformersBase):
