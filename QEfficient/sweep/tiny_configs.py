@@ -208,11 +208,14 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "zamba2": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
     # `attention_types` is [[pattern, repeats]]: one global and one local layer.
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "num_layers": 2},
-    "zaya": {"num_experts_per_tok": 1},
+    "zaya": {"num_experts_per_tok": 1},  # HF supports top-1 routing only
+    # the class defaults leave the MoE unset; as in dots.llm1, a dense first layer then MoE layers
     "dots1": {
         "n_routed_experts": EXPERTS,
         "n_shared_experts": 1,
-    },  # class defaults leave the MoE unset  # HF supports top-1 routing only
+        "num_experts_per_tok": EXPERTS_PER_TOKEN,
+        "first_k_dense_replace": 1,
+    },
     # input / looped / output sections, one attention layer each (`to_dict` units: each followed by an MLP)
     "dory": {
         "num_hidden_layers": 6,

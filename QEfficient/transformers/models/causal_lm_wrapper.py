@@ -10,6 +10,8 @@ each row's last valid position (a pre-hook on the output embedding gathers that 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
+from QEfficient.transformers.models.adapters import adapter_for
 
 EXPORTABLE_EXPERTS = "batched_mm"
 
@@ -87,6 +90,7 @@ class CausalLMForExport(nn.Module):
         # (a gather of each token's experts + bmm: static shapes, plain ONNX ops) instead of the default
         # grouped_mm, whose token counting (histc) and data-dependent splits do not export.
         self.experts = EXPORTABLE_EXPERTS if model._can_set_experts_implementation() else None
+        self.adapter = adapter_for(model)
         self.attention = self.model.config._attn_implementation
         self.attention = self._choose_attention()
 
@@ -122,7 +126,13 @@ class CausalLMForExport(nn.Module):
     @property
     def export_identity(self) -> dict:
         """What, beyond config and weights, determines the exported graph (part of the export hash)."""
-        return {"attention": self.attention, "experts": self.experts, "layout": repr(self.layout)}
+        adapter = self.adapter.name if self.adapter else None
+        return {"attention": self.attention, "experts": self.experts, "adapter": adapter, "layout": repr(self.layout)}
+
+    @property
+    def adapter_name(self) -> str:
+        """The registered adapter this architecture runs with ("" when the generic mechanism suffices)."""
+        return self.adapter.name if self.adapter else ""
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped HF config
@@ -145,6 +155,22 @@ class CausalLMForExport(nn.Module):
     def output_names(self) -> list[str]:
         return ["logits"] + [f"{name}_RetainedState" for name in self.past_names()]
 
+    @contextlib.contextmanager
+    def _implementations(self) -> Iterator[None]:
+        """The attention, experts and adapter choices, applied to the HF model only for the duration of a call."""
+        config = self.model.config
+        loaded, config._attn_implementation = config._attn_implementation, self.attention
+        experts = self.model.get_experts_implementation() if self.experts else None
+        if self.experts:
+            self.model.set_experts_implementation(self.experts)
+        try:
+            with self.adapter.applied(self.model) if self.adapter else contextlib.nullcontext():
+                yield
+        finally:
+            config._attn_implementation = loaded
+            if experts is not None:
+                self.model.set_experts_implementation(experts)
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         batch_index = rest[0] if self.continuous_batching else None
         past = rest[1:] if self.continuous_batching else rest
@@ -156,22 +182,15 @@ class CausalLMForExport(nn.Module):
         else:
             mask = masks.get("sliding_attention", masks["full_attention"])
         self._last_index = position_ids.argmax(dim=1)
-        config = self.model.config
-        loaded, config._attn_implementation = config._attn_implementation, self.attention
-        experts = self.model.get_experts_implementation() if self.experts else None
-        if self.experts:
-            self.model.set_experts_implementation(self.experts)
         try:
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=position_ids.clamp(min=0),
-                attention_mask=mask,
-                cache=cache,
-                use_cache=True,
-            )
+            with self._implementations():
+                out = self.model(
+                    input_ids=input_ids,
+                    position_ids=position_ids.clamp(min=0),
+                    attention_mask=mask,
+                    cache=cache,
+                    use_cache=True,
+                )
         finally:
             self._last_index = None
-            config._attn_implementation = loaded
-            if experts is not None:
-                self.model.set_experts_implementation(experts)
         return (out.logits.float(), *cache.retained_state())
