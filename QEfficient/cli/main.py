@@ -5,6 +5,7 @@ qeff export   --model PATH [--pooling mean --normalize]
 qeff compile  --model PATH [--seq-len 32,128] [--batch-size 1]
 qeff execute  --model PATH --text "a sentence" --text "another"
 qeff validate --model PATH [--pooling mean --normalize]
+qeff sweep    [--task causal-lm] [--only llama gpt2] [--ci]   # writes docs/supported_models.md
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from QEfficient import __version__
+    from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
 
     parser = argparse.ArgumentParser(prog="qeff", description="QEfficient: export, compile and run HF models.")
     parser.add_argument("--version", action="version", version=f"qeff {__version__}")
@@ -313,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("execute", help="run the compiled program on sentences; print embeddings as JSON lines")
     _add_model_args(p), _add_compile_args(p), _add_text_args(p)
     p.set_defaults(func=cmd_execute)
+
+    p = sub.add_parser(
+        "sweep",
+        help="check every architecture in transformers' auto mappings, tiny, against HF; "
+        "write docs/supported_models.md",
+    )
+    add_sweep_args(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "validate",

@@ -1,0 +1,62 @@
+"""The architecture sweep (`qeff sweep`): every architecture in transformers' auto mappings, tiny, against HF.
+
+- `tiny_configs`: a tiny config for any model type, scaled from the config class's defaults;
+- `checks`, `checks_encoders`: one check per task (causal-lm, encoder, sequence-classification);
+- `runner`: isolated worker processes with a timeout per check;
+- `report`: `docs/supported_models.json` and the markdown rendered from it.
+"""
+
+from __future__ import annotations
+
+TASKS = ("causal-lm", "encoder", "sequence-classification")
+
+# The fixed slice the test suite runs (the full sweep is one command: `qeff sweep`): the reference families,
+# plus one architecture for each generic mechanism and for the adapter.
+CI_SLICE: dict[str, tuple[str, ...]] = {
+    "causal-lm": (
+        "bert",  # encoder family as a decoder (is_decoder)
+        "cohere",  # interleaved rotary (repeat_interleave with a negative dim)
+        "deepseek_v2",  # the adapter
+        "gemma3",  # multimodal model, text-only
+        "mamba",  # unsupported: recurrent state
+        "pegasus",  # positions numbered from cache.get_seq_length()
+    ),
+    "encoder": ("bert", "deberta-v2", "modernbert", "roberta"),
+    "sequence-classification": ("bert", "gpt2", "llama", "qwen2"),
+}
+
+
+def task_types(task: str) -> list[str]:
+    """Every model type the sweep checks for `task`."""
+    if task == "causal-lm":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        return list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    from QEfficient.sweep import checks_encoders
+
+    if task == "encoder":
+        return checks_encoders.encoder_sweep_types()
+    if task == "sequence-classification":
+        return checks_encoders.sequence_classification_sweep_types()
+    raise ValueError(f"Unknown sweep task {task!r}; choose from {', '.join(TASKS)}.")
+
+
+def sweep_items(
+    tasks: tuple[str, ...] = TASKS, only: list[str] | None = None, ci: bool = False
+) -> list[tuple[str, str]]:
+    """(task, model_type) pairs: all of each task's types, those in `only`, or the CI slice."""
+    from QEfficient.sweep.report import REFERENCE_FAMILIES
+
+    items = []
+    for task in tasks:
+        types = task_types(task)
+        if ci:
+            wanted = set(CI_SLICE[task]) | (set(REFERENCE_FAMILIES.values()) if task == "causal-lm" else set())
+            types = [t for t in types if t in wanted]
+        elif only:
+            unknown = set(only) - set().union(*(task_types(t) for t in tasks))
+            if unknown:
+                raise ValueError(f"Model types not in the sweep's mappings: {', '.join(sorted(unknown))}.")
+            types = [t for t in types if t in only]
+        items += [(task, t) for t in types]
+    return items
