@@ -84,7 +84,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
-def render_markdown(meta: dict[str, Any], rows: list[SweepRow], adapters: dict[str, int]) -> str:
+def render_markdown(meta: dict[str, Any], rows: list[SweepRow]) -> str:
     """The supported-models page: summary, reference families, adapters, then one table per task."""
     lines = [
         "# Supported models",
@@ -128,10 +128,18 @@ def render_markdown(meta: dict[str, Any], rows: list[SweepRow], adapters: dict[s
         for family, model_type in REFERENCE_FAMILIES.items():
             row = causal.get(model_type)
             lines.append(f"| {family} | `{model_type}` | {row.status if row else 'not swept'} |")
-    lines += ["", f"## Adapters ({len(adapters)})", ""]
+    adapters = meta.get("adapters", {})
+    lines += [
+        "",
+        f"## Adapters ({len(adapters)})",
+        "",
+        "Model-specific code, registered by architecture in `QEfficient/transformers/models/adapters.py` "
+        "(see [adding a model](adding_a_model.md)). Every other pass comes from the generic mechanism.",
+        "",
+    ]
     if adapters:
-        lines += ["| architecture | adapter module | lines |", "|---|---|---|"]
-        lines += [f"| {arch} | `{module}` | {n} |" for (arch, module), n in sorted(adapters.items())]
+        lines += ["| architecture | adapter package | lines |", "|---|---|---|"]
+        lines += [f"| {arch} | `{a['module']}` | {a['lines']} |" for arch, a in sorted(adapters.items())]
     else:
         lines.append("No architecture needs model-specific code: every pass comes from the generic mechanism.")
     for task in tasks:

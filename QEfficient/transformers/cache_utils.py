@@ -14,7 +14,7 @@ with its current content.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer
 
 
 def padding_safe_slots(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,37 +98,54 @@ class FixedKVLayer(CacheLayerMixin):
 
 
 class FixedKVCache(Cache):
-    """transformers `Cache` over retained buffers; `retained_state()` returns the updated buffers."""
+    """transformers `Cache` over retained buffers; `retained_state()` returns the updated buffers.
+
+    `past` has one `(keys, values)` pair per layer, or, for a layer that keeps no cache, "dummy" (it reads
+    another layer's keys and values: HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` that the model
+    leaves alone, e.g. cross-attention with text-only input).
+    """
 
     def __init__(
-        self, past: list[tuple[torch.Tensor, torch.Tensor]], position_ids: torch.Tensor, batch_index=None
+        self, past: list[tuple[torch.Tensor, torch.Tensor] | str], position_ids: torch.Tensor, batch_index=None
     ) -> None:
         source, slots, row_has_valid = padding_safe_slots(position_ids)
         start = position_ids[0, 0].clamp(min=0)
-        layers = [FixedKVLayer(k, v, source, slots, row_has_valid, batch_index, start) for k, v in past]
+        layers = []
+        for entry in past:
+            if isinstance(entry, str):
+                layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
+            else:
+                layers.append(FixedKVLayer(*entry, source, slots, row_has_valid, batch_index, start))
         super().__init__(layers=layers)
 
     def retained_state(self) -> list[torch.Tensor]:
-        """`past_key.0, past_value.0, past_key.1, ...` after this step."""
-        return [t for layer in self.layers for t in (layer.keys, layer.values)]
+        """`past_key.i, past_value.i` of every layer that keeps a cache, in layer order, after this step."""
+        return [t for layer in self.layers if isinstance(layer, FixedKVLayer) for t in (layer.keys, layer.values)]
 
 
 def attention_masks(
-    position_ids: torch.Tensor, ctx_len: int, dtype: torch.dtype, sliding_window: int | None = None
+    position_ids: torch.Tensor, ctx_len: int, dtype: torch.dtype, windows: dict[str, int] | None = None
 ) -> dict[str, torch.Tensor]:
     """Additive masks `[B, 1, S, ctx_len]` from `position_ids`: 0 where slot j may be read, dtype-min elsewhere.
 
-    A token at position p reads slots j <= p ("full_attention") and, for sliding layers, also j > p - W
-    ("sliding_attention"). Padding (p < 0) reads nothing useful but keeps slot 0 open so no row is fully
-    masked (its output is never used).
+    A token at position p reads slots j <= p ("full_attention"); `windows` adds the windowed kinds:
+    "sliding_attention" (W) also needs j > p - W, "chunked_attention" (C) needs j in p's chunk,
+    j // C == p // C. Padding (p < 0) reads nothing useful but keeps slot 0 open so no row is fully masked
+    (its output is never used).
     """
     slots = torch.arange(ctx_len, device=position_ids.device).view(1, 1, 1, ctx_len)
     pos = position_ids[:, None, :, None]
     allowed = (slots <= pos) | (slots == 0)
+    padding_slot = (pos < 0) & (slots == 0)
     minimum = torch.finfo(dtype).min
     zero = torch.zeros((), dtype=dtype)
     masks = {"full_attention": torch.where(allowed, zero, minimum)}
-    if sliding_window is not None:
-        in_window = allowed & ((slots > pos - sliding_window) | ((pos < 0) & (slots == 0)))
-        masks["sliding_attention"] = torch.where(in_window, zero, minimum)
+    for layer_type, size in (windows or {}).items():
+        if layer_type == "sliding_attention":
+            inside = slots > pos - size
+        elif layer_type == "chunked_attention":
+            inside = torch.div(slots, size, rounding_mode="floor") == torch.div(pos, size, rounding_mode="floor")
+        else:
+            raise ValueError(f"No mask rule for layer type {layer_type!r}.")
+        masks[layer_type] = torch.where(allowed & (inside | padding_slot), zero, minimum)
     return masks

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin, get_layer_types_and_kwargs
 
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
@@ -30,47 +30,79 @@ class UnsupportedCausalLMError(ValueError):
     """The causal LM does not fit the generic KV-cache mechanism."""
 
 
+# Layer types the masks implement (`attention_masks`), and "dummy" for layers that keep no cache of their own.
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "dummy")
+
+
 @dataclass(frozen=True)
 class KVLayout:
-    """Shapes of each layer's cache (`[H_kv, D_k]`, `[H_kv, D_v]`) and the attention kinds in use."""
+    """Shapes of each layer's cache (`[H_kv, D_k]`, `[H_kv, D_v]`; None for a layer that keeps no cache) and the
+    attention kinds in use."""
 
-    key_shapes: tuple[tuple[int, int], ...]
-    value_shapes: tuple[tuple[int, int], ...]
-    sliding_window: int | None
+    key_shapes: tuple[tuple[int, int] | None, ...]
+    value_shapes: tuple[tuple[int, int] | None, ...]
+    # Window per masked layer type: {"sliding_attention": W, "chunked_attention": C}.
+    windows: tuple[tuple[str, int], ...]
     # True when the model reads a dict of masks keyed by layer type (config.layer_types), False for one mask.
     masks_by_layer_type: bool
+    # Per layer without a cache: "dummy" (it reads another layer's keys and values) or "unused" (left empty for
+    # text-only input, e.g. cross-attention); None for a cached layer.
+    placeholders: tuple[str | None, ...] = ()
 
     @property
     def num_layers(self) -> int:
         return len(self.key_shapes)
 
+    def cached_layers(self) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+        """(layer index, key shape, value shape) of every layer that keeps a cache."""
+        return [(i, k, v) for i, (k, v) in enumerate(zip(self.key_shapes, self.value_shapes)) if k is not None]
+
 
 def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
-    """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes."""
+    """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes.
+
+    A layer whose cache stays empty keeps none of its own (it reuses another layer's keys and values, or is
+    not used for text-only input, like a multimodal model's cross-attention); it gets no buffers. A layer
+    with recurrent state (state-space, linear attention) is not supported yet.
+    """
+    name = type(model).__name__
     text_config = model.config.get_text_config(decoder=True)
     cache = DynamicCache(config=text_config)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 2), dtype=torch.int64), cache=cache, use_cache=True)
-    keys, values = [], []
+    keys, values, placeholders = [], [], []
     for index, layer in enumerate(cache.layers):
-        if getattr(layer, "keys", None) is None or layer.keys.dim() != 4:
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
             raise UnsupportedCausalLMError(
-                f"Layer {index} of {type(model).__name__} keeps a {type(layer).__name__} state, not a key/value "
-                "cache; recurrent and state-space layers are not supported yet."
+                f"Layer {index} of {name} keeps a recurrent state ({type(layer).__name__}: state-space or linear "
+                "attention); retained recurrent state is not supported yet, only key/value caches."
             )
-        keys.append((layer.keys.shape[1], layer.keys.shape[3]))
-        values.append((layer.values.shape[1], layer.values.shape[3]))
-    if not keys:
-        raise UnsupportedCausalLMError(f"{type(model).__name__} did not fill a key/value cache when called with one.")
+        layer_keys = getattr(layer, "keys", None)
+        cached = isinstance(layer_keys, torch.Tensor) and layer_keys.dim() == 4 and layer_keys.shape[2] > 0
+        keys.append((layer_keys.shape[1], layer_keys.shape[3]) if cached else None)
+        values.append((layer.values.shape[1], layer.values.shape[3]) if cached else None)
+        placeholders.append(None if cached else "dummy" if isinstance(layer, DummyLayer) else "unused")
+    if all(k is None for k in keys):
+        raise UnsupportedCausalLMError(
+            f"{name} keeps no key/value cache in transformers' Cache when called with one (it recomputes the whole "
+            "sequence at every step, or keeps its own state), so there is nothing to retain between steps."
+        )
     layer_types, layer_kwargs = get_layer_types_and_kwargs(text_config)
-    unknown = set(layer_types) - {"full_attention", "sliding_attention"}
+    unknown = set(layer_types) - set(SUPPORTED_LAYER_TYPES)
     if unknown:
-        raise UnsupportedCausalLMError(f"{type(model).__name__} has layer types {sorted(unknown)}; not supported yet.")
-    windows = {kw["sliding_window"] for t, kw in zip(layer_types, layer_kwargs) if t == "sliding_attention"}
-    if len(windows) > 1:
-        raise UnsupportedCausalLMError(f"{type(model).__name__} mixes sliding windows {sorted(windows)}.")
+        raise UnsupportedCausalLMError(
+            f"{name} has layer types {sorted(unknown)}; the masks implement {', '.join(SUPPORTED_LAYER_TYPES)}."
+        )
+    windows: dict[str, set[int]] = {}
+    for layer_type, kwargs in zip(layer_types, layer_kwargs):
+        if layer_type in ("sliding_attention", "chunked_attention"):
+            windows.setdefault(layer_type, set()).add(kwargs["sliding_window"])
+    mixed = {t: sorted(w) for t, w in windows.items() if len(w) > 1}
+    if mixed:
+        raise UnsupportedCausalLMError(f"{name} mixes window sizes within one layer type: {mixed}.")
     by_type = getattr(text_config, "layer_types", None) is not None
-    return KVLayout(tuple(keys), tuple(values), windows.pop() if windows else None, by_type)
+    windows_used = tuple((t, w.pop()) for t, w in windows.items())
+    return KVLayout(tuple(keys), tuple(values), windows_used, by_type, tuple(placeholders))
 
 
 class CausalLMForExport(nn.Module):
@@ -113,7 +145,7 @@ class CausalLMForExport(nn.Module):
         """Logits of a fixed 6-token prefill through this wrapper (ctx 8), for comparing implementations."""
         ids = torch.arange(1, 7).unsqueeze(0) % self.model.config.get_text_config(decoder=True).vocab_size
         past = []
-        for (hk, dk), (hv, dv) in zip(self.layout.key_shapes, self.layout.value_shapes):
+        for _, (hk, dk), (hv, dv) in self.layout.cached_layers():
             past += [torch.zeros(1, hk, 8, dk), torch.zeros(1, hv, 8, dv)]
         with torch.no_grad():
             return self.forward(
@@ -150,7 +182,7 @@ class CausalLMForExport(nn.Module):
         return names + self.past_names()
 
     def past_names(self) -> list[str]:
-        return [f"past_{kind}.{i}" for i in range(self.layout.num_layers) for kind in ("key", "value")]
+        return [f"past_{kind}.{i}" for i, _, _ in self.layout.cached_layers() for kind in ("key", "value")]
 
     def output_names(self) -> list[str]:
         return ["logits"] + [f"{name}_RetainedState" for name in self.past_names()]
@@ -175,12 +207,16 @@ class CausalLMForExport(nn.Module):
         batch_index = rest[0] if self.continuous_batching else None
         past = rest[1:] if self.continuous_batching else rest
         ctx_len = past[0].shape[2]
-        cache = FixedKVCache(list(zip(past[0::2], past[1::2])), position_ids, batch_index)
-        masks = attention_masks(position_ids, ctx_len, past[0].dtype, self.layout.sliding_window)
+        buffers = iter(zip(past[0::2], past[1::2]))
+        per_layer = [
+            next(buffers) if k is not None else p for k, p in zip(self.layout.key_shapes, self.layout.placeholders)
+        ]
+        cache = FixedKVCache(per_layer, position_ids, batch_index)
+        masks = attention_masks(position_ids, ctx_len, past[0].dtype, dict(self.layout.windows))
         if self.layout.masks_by_layer_type:
             mask = masks
-        else:
-            mask = masks.get("sliding_attention", masks["full_attention"])
+        else:  # one mask for every layer: the windowed kind if the model has one
+            mask = next((masks[t] for t, _ in self.layout.windows), masks["full_attention"])
         self._last_index = position_ids.argmax(dim=1)
         try:
             with self._implementations():
