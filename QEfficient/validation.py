@@ -180,6 +180,14 @@ def _padded_batch(model: Any, sentences: Any, tokenizer: Any) -> tuple[np.ndarra
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea, there lived")
 
 
+def default_token_prompts(vocab_size: int) -> list[list[int]]:
+    """Two fixed token-id prompts (17 and 5 tokens) for a model saved without a tokenizer; ids avoid the first
+    and last few of the vocabulary, where special tokens usually sit."""
+    generator = torch.Generator().manual_seed(1234)
+    low, high = min(8, vocab_size // 4), max(vocab_size - 32, vocab_size * 3 // 4)
+    return [torch.randint(low, high, (n,), generator=generator).tolist() for n in (17, 5)]
+
+
 def validate_causal_lm(
     model: Any,
     prompts: Sequence[str] | Sequence[Sequence[int]] = DEFAULT_PROMPTS,
@@ -192,7 +200,8 @@ def validate_causal_lm(
     """Greedy tokens of HF `generate`, the transformed PyTorch model, the exported graph in ONNX Runtime and
     the compiled program, per prompt; every stage must equal HF exactly.
 
-    Prompts are strings (through the tokenizer) or lists of token ids (no tokenizer needed). A
+    Prompts are strings (through the tokenizer) or lists of token ids; a model saved without a tokenizer is
+    validated on `default_token_prompts`. A
     `prefill_seq_len` shorter than the prompts exercises chunked prefill. A stage that raises is recorded
     as failed, with the first line of the error, and the later stages are not run.
     """
@@ -201,6 +210,8 @@ def validate_causal_lm(
     if not isinstance(model, QEFFAutoModelForCausalLM):
         model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)
     tokenizer = tokenizer or model.tokenizer
+    if tokenizer is None and prompts is DEFAULT_PROMPTS:
+        prompts = default_token_prompts(model.hf_model.config.get_text_config(decoder=True).vocab_size)
     rows = [list(p) if not isinstance(p, str) else None for p in prompts]
     if any(r is None for r in rows):
         if tokenizer is None:

@@ -59,7 +59,12 @@ def register_adapter(architecture: str, adapter: Adapter | str) -> None:
 
 def adapter_for(model: nn.Module) -> Adapter | None:
     """The adapter registered for `model`'s class, if any."""
-    entry = ADAPTERS.get(type(model).__name__)
+    return adapter_for_name(type(model).__name__)
+
+
+def adapter_for_name(architecture: str) -> Adapter | None:
+    """The adapter registered for the architecture (model class) named `architecture`, if any."""
+    entry = ADAPTERS.get(architecture)
     if isinstance(entry, str):
         entry = importlib.import_module(entry).ADAPTER
     return entry
