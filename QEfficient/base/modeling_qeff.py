@@ -8,6 +8,7 @@ and what to compile (specialisations); this class hashes, caches, exports and co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -42,6 +43,18 @@ def weights_digest(model: nn.Module) -> str:
             raise ValueError(f"Weight {name} is on the meta device; materialise the model before export.")
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def graph_code_digest() -> str:
+    """Digest of QEfficient's own source that shapes exported graphs (transforms, cache, masks, attention,
+    adapters, ONNX symbolics): a change there must not reuse an export cached by older code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted([*(root / "base").glob("*.py"), *(root / "transformers").rglob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -130,6 +143,7 @@ class QEFFBaseModel(ABC):
             "exporter": "torchscript",
             "onnx_transforms": [t.__name__ for t in self._onnx_transforms],
             "versions": {"qefficient": QEfficient.__version__, "torch": torch.__version__, "onnx": onnx.__version__},
+            "graph_code": graph_code_digest(),
         }
         export_hash = hash_params(params)
         directory = Path(export_dir) if export_dir else self.cache_root / f"{self.model_name}-{export_hash}"

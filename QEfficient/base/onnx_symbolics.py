@@ -6,6 +6,9 @@ Each is registered once before the first export. Models reach these ops through 
   by adding the rank *in place* to the traced constant, which the tracer shares with every other `-1` in the
   graph, so an unrelated `view(..., -1, head_dim)` silently becomes `view(..., rank - 1, head_dim)`. The
   wrapper hands it a fresh non-negative constant instead.
+- `index_add` (mixture-of-experts layers summing each token's expert outputs): torch's symbolic is a plain
+  `ScatterElements`, which keeps one of the values written to a repeated index instead of their sum (it
+  warns, and the graph is silently wrong). Ours scatters with `reduction="add"` (opset 16+).
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ def _repeat_interleave(g, self, repeats, dim=None, output_size=None):  # noqa: A
     return symbolic_opset13.repeat_interleave(g, self, repeats, dim, output_size)
 
 
+def _index_add(g, self, dim, index, source, alpha=None):  # noqa: ANN001, ANN202
+    if alpha is not None and not symbolic_helper._is_none(alpha):
+        if symbolic_helper._maybe_get_const(alpha, "f") != 1:
+            return symbolic_helper._unimplemented("index_add", "alpha != 1", self)
+    dim = symbolic_helper._maybe_get_const(dim, "i")
+    rank = symbolic_helper._get_tensor_rank(self)
+    if rank is None or symbolic_helper._get_tensor_rank(source) != rank:
+        return symbolic_helper._unimplemented("index_add", "source rank unknown or different from self", self)
+    dim = dim + rank if dim < 0 else dim
+    shape = [1] * rank
+    shape[dim] = -1
+    index = g.op("Reshape", index, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64)))
+    index = g.op("Expand", index, g.op("Shape", source))
+    return g.op("ScatterElements", self, index, source, axis_i=dim, reduction_s="add")
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -51,4 +70,6 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, opset)
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
     torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", _repeat_interleave, opset)
+    if opset >= 16:
+        torch.onnx.register_custom_op_symbolic("aten::index_add", _index_add, opset)
     _registered.add(opset)

@@ -40,7 +40,23 @@ def build_tiny(auto_class, model_type: str, **overrides):
     config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_config, model_type, **overrides)
     torch.manual_seed(0)
     model = run_stage("HF build", HF_CANNOT_BUILD, auto_class.from_config, config, dtype=torch.float32)
+    randomize_zero_matrices(model, config)
     return config, model.eval()
+
+
+def randomize_zero_matrices(model: torch.nn.Module, config) -> None:  # noqa: ANN001
+    """Give weight matrices that HF initialises to zero (MoE router gates, e.g. AFMoE's) random values.
+
+    With a zero router every expert scores the same, and which experts `topk` picks among equal scores is
+    unspecified (PyTorch and ONNX Runtime break ties differently), so the comparison would test tie-breaking
+    instead of the model. Random weights make the routing, like the rest of the tiny model, non-degenerate.
+    """
+    std = getattr(config, "initializer_range", None) or 0.02
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and parameter.is_floating_point() and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
 
 
 def _declared_fields(model_type: str) -> set[str]:

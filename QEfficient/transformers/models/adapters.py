@@ -49,6 +49,9 @@ class Adapter:
 # Architecture name (HF model class) -> module that defines `ADAPTER`, or the Adapter itself.
 ADAPTERS: dict[str, str | Adapter] = {
     "DeepseekV2ForCausalLM": "QEfficient.transformers.models.deepseek_v2",
+    "DbrxForCausalLM": "QEfficient.transformers.models.dbrx",
+    "JetMoeForCausalLM": "QEfficient.transformers.models.jetmoe",
+    "LongcatFlashForCausalLM": "QEfficient.transformers.models.longcat_flash",
 }
 
 

@@ -11,7 +11,8 @@ each row's last valid position (a pre-hook on the output embedding gathers that 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,35 @@ from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
 from QEfficient.transformers.models.adapters import adapter_for
 
 EXPORTABLE_EXPERTS = "batched_mm"
+
+
+def _alibi_accepting_4d_masks(build: Callable) -> Callable:
+    """transformers' `build_alibi_tensor(attention_mask [B, K], num_heads, dtype)` (Bloom, Falcon) for our 4-D
+    mask too. ALiBi adds `slope * key_index`; a bias constant along a query row does not change softmax, so
+    with a fixed cache whose slot j holds position j the bias is `slope * j`: an all-ones 2-D mask over the
+    ctx_len slots gives exactly that (the 4-D mask still hides the slots each token must not read)."""
+
+    def build_alibi_tensor(attention_mask, num_heads, dtype):  # noqa: ANN001, ANN202
+        if attention_mask.dim() == 4:
+            shape = (attention_mask.shape[0], attention_mask.shape[-1])
+            attention_mask = torch.ones(shape, dtype=torch.int64, device=attention_mask.device)
+        return build(attention_mask, num_heads, dtype)
+
+    return build_alibi_tensor
+
+
+@contextlib.contextmanager
+def _accept_4d_masks(model: nn.Module) -> Iterator[None]:
+    """Let the model's own consumers of a 2-D padding mask (ALiBi builders) take our 4-D mask, for one call."""
+    modules = {sys.modules[type(m).__module__] for m in model.modules()}
+    patched = [(mod, mod.build_alibi_tensor) for mod in modules if callable(getattr(mod, "build_alibi_tensor", None))]
+    for mod, build in patched:
+        mod.build_alibi_tensor = _alibi_accepting_4d_masks(build)
+    try:
+        yield
+    finally:
+        for mod, build in patched:
+            mod.build_alibi_tensor = build
 
 
 class UnsupportedCausalLMError(ValueError):
@@ -197,7 +227,8 @@ class CausalLMForExport(nn.Module):
             self.model.set_experts_implementation(self.experts)
         try:
             with self.adapter.applied(self.model) if self.adapter else contextlib.nullcontext():
-                yield
+                with _accept_4d_masks(self.model):
+                    yield
         finally:
             config._attn_implementation = loaded
             if experts is not None:
