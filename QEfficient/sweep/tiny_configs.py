@@ -193,6 +193,12 @@ _TEXT_TOKENS = {
 
 # Values a size rule cannot derive, per model type (kept consistent with the tiny sizes above).
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    # Moshi's mask is full-causal while its DynamicCache keeps only the last W-1 tokens: past the window HF's
+    # own output depends on how the prompt was chunked. The real window (3000) is beyond the sweep's context.
+    "moshi": {"sliding_window": POSITIONS},
+    # Llama 4's attention-temperature tuning on NoPE layers starts at position floor_scale (8192): bring it
+    # within the sweep's context so that the arithmetic is exercised.
+    "llama4_text": {"floor_scale": 4, "attn_scale": 0.5},
     # Hybrids whose class defaults hold one kind of layer only: give them one layer of each kind.
     "bamba": {"attn_layer_indices": [1]},
     "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"]},

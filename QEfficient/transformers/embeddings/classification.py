@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from QEfficient.base.pytorch_transforms import PytorchTransform
-
-# Mixture-of-experts layers run HF's "batched_mm" experts: static shapes, plain ONNX ops (as the causal LMs).
-EXPORTABLE_EXPERTS = "batched_mm"
+from QEfficient.transformers.implementations import applied, exportable_experts
+from QEfficient.transformers.models.adapters import adapter_for
 
 
 def _accepts(module: nn.Module, name: str) -> bool:
@@ -39,8 +38,8 @@ class ClassifierForExport(nn.Module):
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
-        can_set = getattr(classifier, "_can_set_experts_implementation", None)
-        self.experts = EXPORTABLE_EXPERTS if can_set is not None and can_set() else None
+        self.experts = exportable_experts(classifier)
+        self.adapter = adapter_for(classifier)
         self._use_cache = _accepts(classifier, "use_cache") and hasattr(classifier.config, "use_cache")
 
     @property
@@ -50,21 +49,16 @@ class ClassifierForExport(nn.Module):
     @property
     def export_identity(self) -> dict:
         """What, beyond config and weights, determines the exported graph (part of the export hash)."""
-        return {"experts": self.experts, "pad_token_id": text_pad_token_id(self.config)}
+        adapter = self.adapter.name if self.adapter else None
+        return {"experts": self.experts, "adapter": adapter, "pad_token_id": text_pad_token_id(self.config)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pad = text_pad_token_id(self.config)
         if pad is not None:
             input_ids = torch.where(attention_mask.bool(), input_ids, torch.full_like(input_ids, pad))
         kwargs = {"use_cache": False} if self._use_cache else {}
-        previous = self.classifier.get_experts_implementation() if self.experts else None
-        if self.experts:
-            self.classifier.set_experts_implementation(self.experts)
-        try:
+        with applied(self.classifier, experts=self.experts, adapter=self.adapter):
             out = self.classifier(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            if previous is not None:
-                self.classifier.set_experts_implementation(previous)
         return out.logits.float()
 
 

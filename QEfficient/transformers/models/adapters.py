@@ -52,6 +52,19 @@ ADAPTERS: dict[str, str | Adapter] = {
     "DbrxForCausalLM": "QEfficient.transformers.models.dbrx",
     "JetMoeForCausalLM": "QEfficient.transformers.models.jetmoe",
     "LongcatFlashForCausalLM": "QEfficient.transformers.models.longcat_flash",
+    "Llama4ForCausalLM": "QEfficient.transformers.models.llama4",
+    "GPTNeoForCausalLM": "QEfficient.transformers.models.gpt_neo",
+}
+
+# Architectures whose generation does not fit a causal key/value cache at all, with the reason (they raise
+# UnsupportedCausalLMError with it instead of failing somewhere in the export).
+NOT_SUPPORTED: dict[str, str] = {
+    "CpmAntForCausalLM": "CPM-Ant prepends its prompt tokens at every call and attends bidirectionally within "
+    "the window it is given, so its outputs depend on how the sequence is chunked.",
+    "ProphetNetForCausalLM": "ProphetNet's n-gram stream attention builds its own 5-D masks and relative "
+    "buckets from the cache length, and HF itself only decodes one token per step with a cache.",
+    "XLMWithLMHeadModel": "XLM generates as a masked LM: each step appends a mask token to the whole "
+    "sequence and re-encodes it bidirectionally, with no causal key/value cache.",
 }
 
 
@@ -61,8 +74,16 @@ def register_adapter(architecture: str, adapter: Adapter | str) -> None:
 
 
 def adapter_for(model: nn.Module) -> Adapter | None:
-    """The adapter registered for `model`'s class, if any."""
-    return adapter_for_name(type(model).__name__)
+    """The adapter registered for `model`'s class, if any.
+
+    An adapter registered for one head of a family (`XForCausalLM`) also applies to the family's other heads
+    (`XForSequenceClassification`, ...): it maps the shared inner modules.
+    """
+    name = type(model).__name__
+    if name in ADAPTERS:
+        return adapter_for_name(name)
+    family = name.split("For")[0]
+    return next((adapter_for_name(a) for a in ADAPTERS if "For" in name and a.split("For")[0] == family), None)
 
 
 def adapter_for_name(architecture: str) -> Adapter | None:

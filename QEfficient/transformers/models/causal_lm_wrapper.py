@@ -22,9 +22,8 @@ from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin,
 
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
-from QEfficient.transformers.models.adapters import adapter_for
-
-EXPORTABLE_EXPERTS = "batched_mm"
+from QEfficient.transformers.implementations import applied, exportable_experts
+from QEfficient.transformers.models.adapters import NOT_SUPPORTED, adapter_for
 
 
 def _alibi_accepting_4d_masks(build: Callable) -> Callable:
@@ -96,6 +95,8 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
     with recurrent state (state-space, linear attention) is not supported yet.
     """
     name = type(model).__name__
+    if name in NOT_SUPPORTED:
+        raise UnsupportedCausalLMError(NOT_SUPPORTED[name])
     text_config = model.config.get_text_config(decoder=True)
     cache = DynamicCache(config=text_config)
     with torch.no_grad():
@@ -151,7 +152,7 @@ class CausalLMForExport(nn.Module):
         # Mixture-of-experts layers that dispatch through transformers' ExpertsInterface run HF's "batched_mm"
         # (a gather of each token's experts + bmm: static shapes, plain ONNX ops) instead of the default
         # grouped_mm, whose token counting (histc) and data-dependent splits do not export.
-        self.experts = EXPORTABLE_EXPERTS if model._can_set_experts_implementation() else None
+        self.experts = exportable_experts(model)
         self.adapter = adapter_for(model)
         self.attention = self.model.config._attn_implementation
         self.attention = self._choose_attention()
@@ -219,20 +220,9 @@ class CausalLMForExport(nn.Module):
 
     @contextlib.contextmanager
     def _implementations(self) -> Iterator[None]:
-        """The attention, experts and adapter choices, applied to the HF model only for the duration of a call."""
-        config = self.model.config
-        loaded, config._attn_implementation = config._attn_implementation, self.attention
-        experts = self.model.get_experts_implementation() if self.experts else None
-        if self.experts:
-            self.model.set_experts_implementation(self.experts)
-        try:
-            with self.adapter.applied(self.model) if self.adapter else contextlib.nullcontext():
-                with _accept_4d_masks(self.model):
-                    yield
-        finally:
-            config._attn_implementation = loaded
-            if experts is not None:
-                self.model.set_experts_implementation(experts)
+        """The attention, experts and adapter choices (and ALiBi on the 4-D mask), for the duration of a call."""
+        with applied(self.model, self.attention, self.experts, self.adapter), _accept_4d_masks(self.model):
+            yield
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         batch_index = rest[0] if self.continuous_batching else None
