@@ -21,8 +21,12 @@ TASK_TITLES = {
 TASK_CHECKS = {
     "causal-lm": "HF `generate` = transformed PyTorch = ONNX Runtime = compiled program, exact greedy tokens "
     "(2 prompts x 24 new tokens, one prompt longer than the sliding window and than `prefill_seq_len`)",
-    "encoder": "mean-pooled `last_hidden_state` vs HF + pooling in PyTorch, 1e-5 absolute",
-    "sequence-classification": "logits vs HF, 1e-5 absolute, right-padded batch",
+    "encoder": "mean-pooled `last_hidden_state` vs HF + pooling in PyTorch, 1e-5 absolute, on a right-padded "
+    "batch, compiled at the batch's padded length (a few models, e.g. ConvBERT, Nystromformer, YOSO, let padding "
+    "reach the valid tokens, so their output changes with the amount of padding, in HF as in a program compiled "
+    "for longer buckets)",
+    "sequence-classification": "logits vs HF, 1e-5 absolute, on a right-padded batch, compiled at the batch's "
+    "padded length",
 }
 
 # The causal families the reference system validates (shared/reference/qefficient.md §6) -> model type.

@@ -63,6 +63,8 @@ NOT_SUPPORTED: dict[str, str] = {
     "the window it is given, so its outputs depend on how the sequence is chunked.",
     "ProphetNetForCausalLM": "ProphetNet's n-gram stream attention builds its own 5-D masks and relative "
     "buckets from the cache length, and HF itself only decodes one token per step with a cache.",
+    "MiniMaxForCausalLM": "MiniMax's lightning-attention layers keep a recurrent state in its own cache class "
+    "(MiniMaxCache); retained recurrent state is not supported yet.",
     "XLMWithLMHeadModel": "XLM generates as a masked LM: each step appends a mask token to the whole "
     "sequence and re-encodes it bidirectionally, with no causal key/value cache.",
 }
