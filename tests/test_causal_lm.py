@@ -286,3 +286,24 @@ def test_prefill_and_decode_share_one_session(llama) -> None:
     assert [s["seq_len"] for s in program.specializations] == [8, 1]
     assert program.pinned_dims == {"batch_size": 1}  # seq_len stays symbolic: one session, one copy of weights
     assert program.session() is program.session()
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v32", "hy_v4"])
+def test_sparse_indexed_attention_keeps_indexer_keys(model_type: str, tmp_path) -> None:
+    """DeepSeek Sparse Attention with a top-k (4) far below ctx_len: the indexer keys are retained state too.
+
+    Enough indexer heads that no key scores exactly 0 (relu of every head), which would leave the top-k to
+    tie-breaking; hy_v4 also has a layer that reuses the previous layer's selection and attention sinks.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from QEfficient.sweep.checks import build_tiny, sweep_prompts
+    from QEfficient.validation import validate_causal_lm
+
+    _, hf = build_tiny(AutoModelForCausalLM, model_type, index_topk=4, index_n_heads=16)
+    hf.save_pretrained(tmp_path)
+    model = QEFFAutoModelForCausalLM.from_pretrained(tmp_path)
+    assert "past_indexer_key.0" in model.model.past_names()
+    assert "past_indexer_key.0_RetainedState" in model.model.output_names()
+    report = validate_causal_lm(model, sweep_prompts(), None, generation_len=24, prefill_seq_len=8, ctx_len=64)
+    assert report.passed, report.table()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer
 
+PastEntry = tuple[torch.Tensor, ...] | str
+
 
 def padding_safe_slots(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each token, (source token index, cache slot, row has a valid token).
@@ -97,17 +99,35 @@ class FixedKVLayer(CacheLayerMixin):
         return self.keys.shape[2]
 
 
+class FixedIndexedKVLayer(FixedKVLayer):
+    """A `FixedKVLayer` that also retains a sparse-attention indexer's keys `[B_cache, ctx_len, D_idx]`
+    (DeepSeek Sparse Attention: HF's `DynamicIndexedLayer`), written at the same slots as the keys/values.
+
+    `update_indexer` returns the whole buffer: slots not yet written hold zeros (or a previous prompt's keys),
+    and the indexer masks them with the attention mask before its top-k, as with HF's `StaticIndexedLayer`.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, indexer_keys: torch.Tensor, *args, **kwargs) -> None:
+        super().__init__(keys, values, *args, **kwargs)
+        self.indexer_keys = indexer_keys
+        self.indexer_position_ids = None
+
+    def update_indexer(self, indexer_key_states: torch.Tensor) -> torch.Tensor:
+        buffer, rows = self._write(self.indexer_keys.unsqueeze(1), indexer_key_states.unsqueeze(1))
+        self.indexer_keys = buffer.squeeze(1)
+        return rows.squeeze(1)
+
+
 class FixedKVCache(Cache):
     """transformers `Cache` over retained buffers; `retained_state()` returns the updated buffers.
 
-    `past` has one `(keys, values)` pair per layer, or, for a layer that keeps no cache, "dummy" (it reads
-    another layer's keys and values: HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` that the model
-    leaves alone, e.g. cross-attention with text-only input).
+    `past` has one `(keys, values)` pair per layer (`(keys, values, indexer_keys)` for a sparse-attention
+    layer with an indexer), or, for a layer that keeps no cache, "dummy" (it reads another layer's keys and
+    values: HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` that the model leaves alone, e.g.
+    cross-attention with text-only input).
     """
 
-    def __init__(
-        self, past: list[tuple[torch.Tensor, torch.Tensor] | str], position_ids: torch.Tensor, batch_index=None
-    ) -> None:
+    def __init__(self, past: list[PastEntry], position_ids: torch.Tensor, batch_index=None) -> None:
         source, slots, row_has_valid = padding_safe_slots(position_ids)
         start = position_ids[0, 0].clamp(min=0)
         layers = []
@@ -115,12 +135,20 @@ class FixedKVCache(Cache):
             if isinstance(entry, str):
                 layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
             else:
-                layers.append(FixedKVLayer(*entry, source, slots, row_has_valid, batch_index, start))
+                kind = FixedIndexedKVLayer if len(entry) == 3 else FixedKVLayer
+                layers.append(kind(*entry, source, slots, row_has_valid, batch_index, start))
         super().__init__(layers=layers)
 
     def retained_state(self) -> list[torch.Tensor]:
-        """`past_key.i, past_value.i` of every layer that keeps a cache, in layer order, after this step."""
-        return [t for layer in self.layers if isinstance(layer, FixedKVLayer) for t in (layer.keys, layer.values)]
+        """`past_key.i, past_value.i` (and `past_indexer_key.i`) of every layer that keeps a cache, in layer order,
+        after this step."""
+        state = []
+        for layer in self.layers:
+            if isinstance(layer, FixedKVLayer):
+                state += [layer.keys, layer.values]
+            if isinstance(layer, FixedIndexedKVLayer):
+                state.append(layer.indexer_keys)
+        return state
 
 
 def attention_masks(
@@ -128,7 +156,8 @@ def attention_masks(
 ) -> dict[str, torch.Tensor]:
     """Additive masks `[B, 1, S, ctx_len]` from `position_ids`: 0 where slot j may be read, dtype-min elsewhere.
 
-    A token at position p reads slots j <= p ("full_attention"); `windows` adds the windowed kinds:
+    A token at position p reads slots j <= p ("full_attention", and "indexed_attention": a sparse-attention
+    indexer ranks only these slots and its top-k selection narrows them further); `windows` adds the windowed kinds:
     "sliding_attention" (W) also needs j > p - W, "chunked_attention" (C) needs j in p's chunk,
     j // C == p // C. Padding (p < 0) reads nothing useful but keeps slot 0 open so no row is fully masked
     (its output is never used).
@@ -139,7 +168,8 @@ def attention_masks(
     padding_slot = (pos < 0) & (slots == 0)
     minimum = torch.finfo(dtype).min
     zero = torch.zeros((), dtype=dtype)
-    masks = {"full_attention": torch.where(allowed, zero, minimum)}
+    full = torch.where(allowed, zero, minimum)
+    masks = {"full_attention": full, "indexed_attention": full}
     for layer_type, size in (windows or {}).items():
         if layer_type == "sliding_attention":
             inside = slots > pos - size

@@ -2,14 +2,18 @@
 
 The wrappers (`CausalLMForExport`, `ClassifierForExport`) run the user's HF model with an attention function,
 a mixture-of-experts implementation and an adapter that export well, and put the model back as it was
-after every call: the HF model stays the untouched reference that validation compares against.
+after every call: the HF model stays the untouched reference that validation compares against. Two more
+shims make HF code that assumes eager, 2-D-mask execution traceable, again only for the duration of a call:
+`alibi_from_4d_masks` and `traceable_bool_scatter`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import nn
 
 from QEfficient.transformers.models.adapters import Adapter
@@ -46,3 +50,54 @@ def applied(
         config._attn_implementation = loaded
         if previous_experts is not None:
             model.set_experts_implementation(previous_experts)
+
+
+def _alibi_accepting_4d_masks(build: Callable) -> Callable:
+    """transformers' `build_alibi_tensor(attention_mask [B, K], num_heads, dtype)` (Bloom, Falcon) for our 4-D
+    mask too. ALiBi adds `slope * key_index`; a bias constant along a query row does not change softmax, so
+    with a fixed cache whose slot j holds position j the bias is `slope * j`: an all-ones 2-D mask over the
+    ctx_len slots gives exactly that (the 4-D mask still hides the slots each token must not read)."""
+
+    def build_alibi_tensor(attention_mask, num_heads, dtype):  # noqa: ANN001, ANN202
+        if attention_mask.dim() == 4:
+            shape = (attention_mask.shape[0], attention_mask.shape[-1])
+            attention_mask = torch.ones(shape, dtype=torch.int64, device=attention_mask.device)
+        return build(attention_mask, num_heads, dtype)
+
+    return build_alibi_tensor
+
+
+@contextlib.contextmanager
+def alibi_from_4d_masks(model: nn.Module) -> Iterator[None]:
+    """Let the model's own consumers of a 2-D padding mask (ALiBi builders) take our 4-D mask, for one call."""
+    modules = {sys.modules[type(m).__module__] for m in model.modules()}
+    patched = [(mod, mod.build_alibi_tensor) for mod in modules if callable(getattr(mod, "build_alibi_tensor", None))]
+    for mod, build in patched:
+        mod.build_alibi_tensor = _alibi_accepting_4d_masks(build)
+    try:
+        yield
+    finally:
+        for mod, build in patched:
+            mod.build_alibi_tensor = build
+
+
+@contextlib.contextmanager
+def traceable_bool_scatter() -> Iterator[None]:
+    """`Tensor.scatter(dim, index, True/False)`, a Python bool as the value (how sparse-attention models build
+    their top-k masks), stops the TorchScript tracer: no `aten::scatter` schema takes a bool scalar (an internal
+    assert in alias analysis). For one call, such a value is passed as a tensor of that value instead (the
+    same result)."""
+    scatter = torch.Tensor.scatter
+
+    def traceable_scatter(self, dim, index, *args, **kwargs):  # noqa: ANN001, ANN202 - torch's signature
+        values = [*args, *kwargs.values()]
+        if len(values) == 1 and isinstance(values[0], bool) and set(kwargs) <= {"value"}:
+            fill = torch.ones_like if values[0] else torch.zeros_like  # full_like trips over a bool too
+            return scatter(self, dim, index, fill(index, dtype=self.dtype))
+        return scatter(self, dim, index, *args, **kwargs)
+
+    torch.Tensor.scatter = traceable_scatter
+    try:
+        yield
+    finally:
+        torch.Tensor.scatter = scatter

@@ -1,6 +1,6 @@
 """`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
 
-    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, ...)
+    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, [past_indexer_key.0], ...)
         -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
 It builds a `FixedKVCache` over the past buffers and the masks from `position_ids`, calls the HF model
@@ -11,48 +11,28 @@ each row's last valid position (a pre-hook on the output embedding gathers that 
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin, get_layer_types_and_kwargs
+from transformers.cache_utils import (
+    DummyLayer,
+    DynamicIndexedLayer,
+    LinearAttentionCacheLayerMixin,
+    get_layer_types_and_kwargs,
+)
 
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
-from QEfficient.transformers.implementations import applied, exportable_experts
+from QEfficient.transformers.implementations import (
+    alibi_from_4d_masks,
+    applied,
+    exportable_experts,
+    traceable_bool_scatter,
+)
 from QEfficient.transformers.models.adapters import NOT_SUPPORTED, adapter_for
-
-
-def _alibi_accepting_4d_masks(build: Callable) -> Callable:
-    """transformers' `build_alibi_tensor(attention_mask [B, K], num_heads, dtype)` (Bloom, Falcon) for our 4-D
-    mask too. ALiBi adds `slope * key_index`; a bias constant along a query row does not change softmax, so
-    with a fixed cache whose slot j holds position j the bias is `slope * j`: an all-ones 2-D mask over the
-    ctx_len slots gives exactly that (the 4-D mask still hides the slots each token must not read)."""
-
-    def build_alibi_tensor(attention_mask, num_heads, dtype):  # noqa: ANN001, ANN202
-        if attention_mask.dim() == 4:
-            shape = (attention_mask.shape[0], attention_mask.shape[-1])
-            attention_mask = torch.ones(shape, dtype=torch.int64, device=attention_mask.device)
-        return build(attention_mask, num_heads, dtype)
-
-    return build_alibi_tensor
-
-
-@contextlib.contextmanager
-def _accept_4d_masks(model: nn.Module) -> Iterator[None]:
-    """Let the model's own consumers of a 2-D padding mask (ALiBi builders) take our 4-D mask, for one call."""
-    modules = {sys.modules[type(m).__module__] for m in model.modules()}
-    patched = [(mod, mod.build_alibi_tensor) for mod in modules if callable(getattr(mod, "build_alibi_tensor", None))]
-    for mod, build in patched:
-        mod.build_alibi_tensor = _alibi_accepting_4d_masks(build)
-    try:
-        yield
-    finally:
-        for mod, build in patched:
-            mod.build_alibi_tensor = build
 
 
 class UnsupportedCausalLMError(ValueError):
@@ -60,7 +40,7 @@ class UnsupportedCausalLMError(ValueError):
 
 
 # Layer types the masks implement (`attention_masks`), and "dummy" for layers that keep no cache of their own.
-SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "dummy")
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention", "dummy")
 
 
 @dataclass(frozen=True)
@@ -77,6 +57,9 @@ class KVLayout:
     # Per layer without a cache: "dummy" (it reads another layer's keys and values) or "unused" (left empty for
     # text-only input, e.g. cross-attention); None for a cached layer.
     placeholders: tuple[str | None, ...] = ()
+    # Per layer: the indexer key width D_idx of a sparse-attention layer that also caches indexer keys
+    # (DeepSeek Sparse Attention, `past_indexer_key.{i}` [B, C, D_idx]); None for the others.
+    indexer_dims: tuple[int | None, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -86,13 +69,29 @@ class KVLayout:
         """(layer index, key shape, value shape) of every layer that keeps a cache."""
         return [(i, k, v) for i, (k, v) in enumerate(zip(self.key_shapes, self.value_shapes)) if k is not None]
 
+    def indexer_dim(self, layer: int) -> int | None:
+        """D_idx of layer `layer`'s retained indexer keys, or None if it keeps none."""
+        return self.indexer_dims[layer] if layer < len(self.indexer_dims) else None
+
+    def past_shapes(self, cache_batch: int, ctx_len: int) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every retained input, in graph order: per cached layer `past_key.{i}`,
+        `past_value.{i}` and, for an indexed layer, `past_indexer_key.{i}`."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, (hk, dk), (hv, dv) in self.cached_layers():
+            shapes[f"past_key.{i}"] = (cache_batch, hk, ctx_len, dk)
+            shapes[f"past_value.{i}"] = (cache_batch, hv, ctx_len, dv)
+            if self.indexer_dim(i) is not None:
+                shapes[f"past_indexer_key.{i}"] = (cache_batch, ctx_len, self.indexer_dim(i))
+        return shapes
+
 
 def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
     """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes.
 
     A layer whose cache stays empty keeps none of its own (it reuses another layer's keys and values, or is
     not used for text-only input, like a multimodal model's cross-attention); it gets no buffers. A layer
-    with recurrent state (state-space, linear attention) is not supported yet.
+    with recurrent state (state-space, linear attention) is not supported yet. A sparse-attention layer
+    (HF's `DynamicIndexedLayer`) whose indexer caches one key per token also retains those indexer keys.
     """
     name = type(model).__name__
     if name in NOT_SUPPORTED:
@@ -101,7 +100,7 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
     cache = DynamicCache(config=text_config)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 2), dtype=torch.int64), cache=cache, use_cache=True)
-    keys, values, placeholders = [], [], []
+    keys, values, placeholders, indexer_dims = [], [], [], []
     for index, layer in enumerate(cache.layers):
         if isinstance(layer, LinearAttentionCacheLayerMixin):
             raise UnsupportedCausalLMError(
@@ -113,6 +112,7 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
         keys.append((layer_keys.shape[1], layer_keys.shape[3]) if cached else None)
         values.append((layer.values.shape[1], layer.values.shape[3]) if cached else None)
         placeholders.append(None if cached else "dummy" if isinstance(layer, DummyLayer) else "unused")
+        indexer_dims.append(_indexer_dim(name, index, layer) if cached else None)
     if all(k is None for k in keys):
         raise UnsupportedCausalLMError(
             f"{name} keeps no key/value cache in transformers' Cache when called with one (it recomputes the whole "
@@ -133,7 +133,26 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
         raise UnsupportedCausalLMError(f"{name} mixes window sizes within one layer type: {mixed}.")
     by_type = getattr(text_config, "layer_types", None) is not None
     windows_used = tuple((t, w.pop()) for t, w in windows.items())
-    return KVLayout(tuple(keys), tuple(values), windows_used, by_type, tuple(placeholders))
+    return KVLayout(tuple(keys), tuple(values), windows_used, by_type, tuple(placeholders), tuple(indexer_dims))
+
+
+def _indexer_dim(name: str, index: int, layer: object) -> int | None:
+    """D_idx of a probed (two-token) layer's indexer key cache; None for a layer without one.
+
+    Only an indexer that caches one key per token at the token's own position fits the fixed cache (written
+    at the same slots as the keys and values); block-compressed indexer keys with their own positions
+    (`indexer_position_ids`) do not.
+    """
+    if not isinstance(layer, DynamicIndexedLayer) or not layer.is_indexer_initialized:
+        return None
+    indexer_keys = layer.indexer_keys
+    if layer.indexer_position_ids is not None or indexer_keys.dim() != 3 or indexer_keys.shape[1] != 2:
+        raise UnsupportedCausalLMError(
+            f"Layer {index} of {name} caches indexer keys that are not one per token "
+            f"(shape {tuple(indexer_keys.shape)} after 2 tokens, or with their own positions); only per-token "
+            "indexer keys (DeepSeek Sparse Attention) are retained."
+        )
+    return indexer_keys.shape[2]
 
 
 class CausalLMForExport(nn.Module):
@@ -175,9 +194,7 @@ class CausalLMForExport(nn.Module):
     def _probe_logits(self) -> torch.Tensor:
         """Logits of a fixed 6-token prefill through this wrapper (ctx 8), for comparing implementations."""
         ids = torch.arange(1, 7).unsqueeze(0) % self.model.config.get_text_config(decoder=True).vocab_size
-        past = []
-        for _, (hk, dk), (hv, dv) in self.layout.cached_layers():
-            past += [torch.zeros(1, hk, 8, dk), torch.zeros(1, hv, 8, dv)]
+        past = [torch.zeros(shape) for shape in self.layout.past_shapes(1, 8).values()]
         with torch.no_grad():
             return self.forward(
                 ids,
@@ -213,25 +230,34 @@ class CausalLMForExport(nn.Module):
         return names + self.past_names()
 
     def past_names(self) -> list[str]:
-        return [f"past_{kind}.{i}" for i, _, _ in self.layout.cached_layers() for kind in ("key", "value")]
+        return list(self.layout.past_shapes(1, 1))
 
     def output_names(self) -> list[str]:
         return ["logits"] + [f"{name}_RetainedState" for name in self.past_names()]
 
     @contextlib.contextmanager
     def _implementations(self) -> Iterator[None]:
-        """The attention, experts and adapter choices (and ALiBi on the 4-D mask), for the duration of a call."""
-        with applied(self.model, self.attention, self.experts, self.adapter), _accept_4d_masks(self.model):
+        """The attention, experts and adapter choices (and ALiBi on the 4-D mask, traceable bool scatters), for the
+        duration of a call."""
+        with (
+            applied(self.model, self.attention, self.experts, self.adapter),
+            alibi_from_4d_masks(self.model),
+            traceable_bool_scatter(),
+        ):
             yield
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         batch_index = rest[0] if self.continuous_batching else None
         past = rest[1:] if self.continuous_batching else rest
         ctx_len = past[0].shape[2]
-        buffers = iter(zip(past[0::2], past[1::2]))
-        per_layer = [
-            next(buffers) if k is not None else p for k, p in zip(self.layout.key_shapes, self.layout.placeholders)
-        ]
+        buffers = iter(past)
+        per_layer = []
+        for i, key_shape in enumerate(self.layout.key_shapes):
+            if key_shape is None:
+                per_layer.append(self.layout.placeholders[i])
+            else:
+                count = 2 if self.layout.indexer_dim(i) is None else 3
+                per_layer.append(tuple(next(buffers) for _ in range(count)))
         cache = FixedKVCache(per_layer, position_ids, batch_index)
         masks = attention_masks(position_ids, ctx_len, past[0].dtype, dict(self.layout.windows))
         if self.layout.masks_by_layer_type:

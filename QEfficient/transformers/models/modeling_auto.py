@@ -589,9 +589,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         if self.continuous_batching:
             inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
         cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
-        for i, key, value in self.layout.cached_layers():
-            inputs[f"past_key.{i}"] = torch.zeros((cache_batch, key[0], ctx_len, key[1]))
-            inputs[f"past_value.{i}"] = torch.zeros((cache_batch, value[0], ctx_len, value[1]))
+        for name, shape in self.layout.past_shapes(cache_batch, ctx_len).items():
+            inputs[name] = torch.zeros(shape)
         axes: dict[str, dict[int, str]] = {
             "input_ids": {0: "batch_size", 1: "seq_len"},
             "position_ids": {0: "batch_size", 1: "seq_len"},
