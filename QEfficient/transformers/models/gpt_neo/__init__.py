@@ -21,6 +21,9 @@ from QEfficient.transformers.models.adapters import Adapter
 
 class PositionedSelfAttention(hf.GPTNeoSelfAttention):
     def forward(self, hidden_states, attention_mask=None, layer_past=None, **kwargs):  # noqa: ANN001, ANN201
+        self.positioned = layer_past is not None  # without a cache (classification) HF's own masks are right
+        if not self.positioned:
+            return super().forward(hidden_states, attention_mask=attention_mask, layer_past=layer_past, **kwargs)
         layer = layer_past.layers[self.layer_id]
         allowed = self.bias[0, 0, :, : layer.keys.shape[2]][layer.slots][:, None]  # [B, 1, S, ctx_len]
         minimum = torch.finfo(torch.float32).min
@@ -30,6 +33,8 @@ class PositionedSelfAttention(hf.GPTNeoSelfAttention):
         return super().forward(hidden_states, attention_mask=mask, layer_past=layer_past, **kwargs)
 
     def _attn(self, query, key, value, attention_mask=None):  # noqa: ANN001, ANN202
+        if not self.positioned:
+            return super()._attn(query, key, value, attention_mask)
         weights = torch.matmul(query.float(), key.float().transpose(-1, -2)) + attention_mask
         weights = torch.nn.functional.softmax(weights, dim=-1).to(value.dtype)
         return torch.matmul(weights, value), weights
