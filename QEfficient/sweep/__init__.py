@@ -15,14 +15,19 @@ TASKS = ("causal-lm", "encoder", "sequence-classification")
 CI_SLICE: dict[str, tuple[str, ...]] = {
     "causal-lm": (
         "bert",  # encoder family as a decoder (is_decoder)
+        "bloom",  # ALiBi from the 4-D mask
         "cohere",  # interleaved rotary (repeat_interleave with a negative dim)
-        "deepseek_v2",  # the adapter
+        "deepseek_v2",  # an adapter (complex rotary)
+        "deepseek_v32",  # sparse indexed attention: retained indexer keys
         "gemma3",  # multimodal model, text-only
+        "jetmoe",  # an adapter (expert loop) + the index_add symbolic
+        "llama4_text",  # chunked attention + an adapter
         "mamba",  # unsupported: recurrent state
+        "mllama",  # cross-attention layers unused by text: no buffers
         "pegasus",  # positions numbered from cache.get_seq_length()
     ),
-    "encoder": ("bert", "deberta-v2", "modernbert", "roberta"),
-    "sequence-classification": ("bert", "gpt2", "llama", "qwen2"),
+    "encoder": ("bert", "convbert", "deberta-v2", "modernbert", "roberta"),
+    "sequence-classification": ("bert", "deepseek_v2", "gpt2", "llama", "qwen2", "qwen3_moe"),
 }
 
 
