@@ -40,6 +40,10 @@ class SweepRow:
     detail: str = ""  # e.g. "48/48 tokens" or "max |diff| 3e-7"
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.architecture, str):  # a mapping entry may name several classes (Funnel)
+            self.architecture = " / ".join(self.architecture)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
