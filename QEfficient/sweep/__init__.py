@@ -26,7 +26,7 @@ CI_SLICE: dict[str, tuple[str, ...]] = {
         "mllama",  # cross-attention layers unused by text: no buffers
         "pegasus",  # positions numbered from cache.get_seq_length()
     ),
-    "encoder": ("bert", "convbert", "deberta-v2", "modernbert", "roberta"),
+    "encoder": ("bert", "convbert", "deberta-v2", "mobilebert", "modernbert", "roberta"),
     "sequence-classification": ("bert", "deepseek_v2", "gpt2", "llama", "qwen2", "qwen3_moe"),
 }
 
