@@ -15,6 +15,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from QEfficient.transformers.embeddings.batching import pad_to_shape
+from QEfficient.utils.errors import first_line
+
 DEFAULT_SENTENCES = (
     "The cat sits on the mat.",
     "A kitten is resting on a rug.",
@@ -119,7 +122,7 @@ def validate(
                 reference = values
             diff = float(np.max(np.abs(_masked(values, mask) - _masked(reference, mask))))
         except Exception as exc:  # noqa: BLE001 - reported as the failing stage
-            report.stages.append(StageResult(stage, float("inf"), (), False, error=_first_line(exc)))
+            report.stages.append(StageResult(stage, float("inf"), (), False, error=first_line(exc, limit=300)))
             return False
         report.stages.append(StageResult(stage, diff, tuple(values.shape), bool(diff <= atol)))
         return True
@@ -168,13 +171,8 @@ def _padded_batch(model: Any, sentences: Any, tokenizer: Any) -> tuple[np.ndarra
     rows = [[int(t) for t in row] for row in items]
     if any(not row for row in rows):
         raise ValueError("validate() got an empty list of token ids.")
-    longest = max(len(r) for r in rows)
-    input_ids = np.full((len(rows), longest), model._pad_token_id(), dtype=np.int64)
-    mask = np.zeros((len(rows), longest), dtype=np.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return input_ids, mask
+    batch = pad_to_shape(rows, len(rows), max(len(r) for r in rows), model._pad_token_id())
+    return batch["input_ids"], batch["attention_mask"]
 
 
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea, there lived")
@@ -222,14 +220,14 @@ def validate_causal_lm(
     try:
         expected = [_hf_greedy(model.hf_model, r, generation_len) for r in rows]
     except Exception as exc:  # noqa: BLE001 - reported as the failing stage
-        report.stages.append(StageResult("HF generate", 0, shape, False, _first_line(exc)))
+        report.stages.append(StageResult("HF generate", 0, shape, False, first_line(exc, limit=300)))
         return report
     total = sum(len(e) for e in expected)
     report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
     try:
         programs = _programs_to_validate(model, prefill_seq_len, ctx_len)
     except Exception as exc:  # noqa: BLE001
-        report.stages.append(StageResult("export and compile", total, shape, False, _first_line(exc)))
+        report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
         return report
     from QEfficient.generation.text_generation import TextGenerator
 
@@ -239,7 +237,7 @@ def validate_causal_lm(
             generator = TextGenerator(program(), tokenizer, prefill_seq_len, ctx_len, 1, None, eos)
             got = generator.generate(rows, generation_len).generated_ids
         except Exception as exc:  # noqa: BLE001
-            report.stages.append(StageResult(stage, total, shape, False, _first_line(exc)))
+            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
             return report
         equal = sum(_common_prefix(g, e) for g, e in zip(got, expected))
         report.stages.append(StageResult(stage, total - equal, shape, got == expected, f"{equal}/{total}"))
@@ -279,12 +277,6 @@ def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dic
         "ONNX Runtime": lambda: OnnxRuntimeProgram(model.onnx_path.parent, raw_manifest),
         "compiled program": lambda: model.program,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    """`Type: first line of the message`, for one table cell."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

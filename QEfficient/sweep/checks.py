@@ -17,10 +17,11 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
-    first_line,
     run_stage,
 )
-from QEfficient.sweep.tiny_configs import VOCAB, WINDOW, tiny_config
+from QEfficient.sweep.tiny_configs import VOCAB, tiny_config
+from QEfficient.utils.errors import first_line
+from QEfficient.validation import default_token_prompts
 
 # Two prompts: one longer than the sliding window (and than prefill_seq_len, so prefill is chunked), one short.
 GENERATION_LEN = 24
@@ -29,10 +30,9 @@ CTX_LEN = 64
 
 
 def sweep_prompts() -> list[list[int]]:
-    """Fixed token-id prompts (ids away from the special tokens at both ends of the tiny vocabulary)."""
-    generator = torch.Generator().manual_seed(1234)
-    lengths = (WINDOW + 5, 5)
-    return [torch.randint(8, VOCAB - 32, (n,), generator=generator).tolist() for n in lengths]
+    """validate's fixed token-id prompts for the tiny vocabulary: 17 tokens (past the sliding window of
+    `WINDOW` = 12 and past `PREFILL_SEQ_LEN`) and 5."""
+    return default_token_prompts(VOCAB)
 
 
 def build_tiny(auto_class, model_type: str, **overrides):

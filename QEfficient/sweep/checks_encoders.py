@@ -27,10 +27,11 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
-    first_line,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import VOCAB, tiny_config
+from QEfficient.transformers.embeddings.batching import pad_to_shape
+from QEfficient.utils.errors import first_line
 
 ATOL = 1e-5
 # Right-padded batch: one longer row, a short one and one in between; ids away from the special tokens.
@@ -45,13 +46,8 @@ def sweep_inputs() -> list[list[int]]:
 
 def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) right-padded with `pad_id`."""
-    longest = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(rows), longest), dtype=torch.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return input_ids, mask
+    batch = pad_to_shape(rows, len(rows), max(len(r) for r in rows), pad_id)
+    return torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
 
 
 def encoder_sweep_types() -> list[str]:

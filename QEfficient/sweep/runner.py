@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from QEfficient.utils.errors import first_line
+
 # Status of one architecture.
 PASS = "pass"
 FAIL = "fail"
@@ -46,12 +48,6 @@ class SweepRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def first_line(exc: BaseException) -> str:
-    """`Type: first line of the message`, for one table cell."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0].strip() if lines else ''}"[:240]
 
 
 class StageFailure(Exception):
