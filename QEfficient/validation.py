@@ -200,7 +200,9 @@ def validate_causal_lm(
 
     Prompts are strings (through the tokenizer) or lists of token ids; a model saved without a tokenizer is
     validated on `default_token_prompts`. A
-    `prefill_seq_len` shorter than the prompts exercises chunked prefill. A stage that raises is recorded
+    `prefill_seq_len` shorter than the prompts exercises chunked prefill; a model whose recurrent prefill must fit in
+    one chunk (`single_chunk_prefill`) is validated with `prefill_seq_len` raised to its longest prompt. A stage
+    that raises is recorded
     as failed, with the first line of the error, and the later stages are not run.
     """
     from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
@@ -224,18 +226,16 @@ def validate_causal_lm(
         return report
     total = sum(len(e) for e in expected)
     report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
+    if model.model.has_recurrent_state and not model.model.prefill_continues:
+        prefill_seq_len = max(prefill_seq_len, *(len(r) for r in rows))
     try:
         programs = _programs_to_validate(model, prefill_seq_len, ctx_len)
     except Exception as exc:  # noqa: BLE001
         report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
         return report
-    from QEfficient.generation.text_generation import TextGenerator
-
-    eos = model.eos_token_ids(tokenizer)
     for stage, program in programs.items():
         try:
-            generator = TextGenerator(program(), tokenizer, prefill_seq_len, ctx_len, 1, None, eos)
-            got = generator.generate(rows, generation_len).generated_ids
+            got = model.text_generator(program(), tokenizer).generate(rows, generation_len).generated_ids
         except Exception as exc:  # noqa: BLE001
             report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
             return report
@@ -261,20 +261,30 @@ def _hf_greedy(hf_model: Any, ids: list[int], generation_len: int) -> list[int]:
 
 def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dict[str, Any]:
     """Stage name -> a callable opening that stage's program (transformed PyTorch, raw ONNX, compiled)."""
+    from QEfficient.backends.base import MultiGraphProgram
     from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims
     from QEfficient.backends.pytorch import PyTorchProgram
 
     model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1)
     manifest = dict(model.program.manifest)
-    raw = onnx.load(str(model.onnx_path), load_external_data=False)
-    raw_manifest = {
-        **manifest,
-        "inputs": graph_input_dims(raw),
-        "options": {**manifest["options"], "session_optimization_level": "all"},
-    }
+
+    def raw_graph(path: Any, compiled: dict[str, Any]) -> OnnxRuntimeProgram:
+        """The exported graph before the backend's compile, with the compiled program's specialisations."""
+        raw = onnx.load(str(path), load_external_data=False)
+        options = {**compiled["options"], "session_optimization_level": "all"}
+        return OnnxRuntimeProgram(
+            path.parent, {**compiled, "file": path.name, "inputs": graph_input_dims(raw), "options": options}
+        )
+
+    def onnx_runtime() -> Any:
+        if "graphs" not in manifest:
+            return raw_graph(model.onnx_path, manifest)
+        graphs = {name: raw_graph(model.onnx_paths[name], meta) for name, meta in manifest["graphs"].items()}
+        return MultiGraphProgram(manifest, graphs)
+
     return {
         "transformed PyTorch": lambda: PyTorchProgram(model.model, manifest, model.model.input_names()),
-        "ONNX Runtime": lambda: OnnxRuntimeProgram(model.onnx_path.parent, raw_manifest),
+        "ONNX Runtime": onnx_runtime,
         "compiled program": lambda: model.program,
     }
 

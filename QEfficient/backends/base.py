@@ -86,6 +86,66 @@ class Program(ABC):
         """Prepare every specialisation now rather than on first use (so that first runs are not slower)."""
 
 
+def state_shapes(state: Any) -> dict[str, tuple[int, ...]]:
+    """Shapes of a retained state (a dict of arrays, or a backend's state object with `shapes`)."""
+    shapes = getattr(state, "shapes", None)
+    return dict(shapes) if shapes is not None else {name: tuple(a.shape) for name, a in state.items()}
+
+
+class MultiGraphProgram(Program):
+    """A program made of several compiled graphs that share their retained state, such as the prefill and decode
+    graphs of a model with recurrent state (docs/recurrent_state.md).
+
+    Each graph has its own specialisations; a run goes to the graph whose specialisation the input shapes match.
+    The graphs' state inputs have the same names and shapes, so one state object serves them all.
+    """
+
+    def __init__(self, manifest: dict[str, Any], graphs: dict[str, Program]) -> None:
+        self.graphs = graphs
+        first = next(iter(graphs.values()))
+        specializations = [spec for graph in graphs.values() for spec in graph.specializations]
+        super().__init__(
+            {**manifest, "specializations": specializations, "inputs": first.input_dims, "outputs": first.output_names}
+        )
+
+    def graph_for(self, shapes: dict[str, tuple[int, ...]]) -> Program:
+        """The graph whose specialisation matches these input shapes; a clear error if none does."""
+        for graph in self.graphs.values():
+            try:
+                graph.specialization_of(shapes)
+            except ValueError:
+                continue
+            return graph
+        given = {name: tuple(size) for name, size in shapes.items() if not name.startswith("past_")}
+        raise ValueError(
+            f"Input shapes {given} match no graph of this program ({', '.join(self.graphs)}: "
+            f"{[g.specializations for g in self.graphs.values()]}); pad the inputs to a compiled shape."
+        )
+
+    def specialization_of(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        graph = self.graph_for(shapes)
+        offset = 0
+        for other in self.graphs.values():
+            if other is graph:
+                return offset + graph.specialization_of(shapes)
+            offset += len(other.specializations)
+        raise AssertionError("unreachable")
+
+    def new_state(self, specialization: Specialization, dtype: type = np.float32) -> Any:
+        return next(iter(self.graphs.values())).new_state(specialization, dtype)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.graph_for({name: a.shape for name, a in inputs.items()}).run(inputs)
+
+    def run_with_state(self, inputs: dict[str, np.ndarray], state: Any) -> dict[str, np.ndarray]:
+        shapes = {**{name: a.shape for name, a in inputs.items()}, **state_shapes(state)}
+        return self.graph_for(shapes).run_with_state(inputs, state)
+
+    def load_all(self) -> None:
+        for graph in self.graphs.values():
+            graph.load_all()
+
+
 class Backend(ABC):
     """Compiles ONNX graphs into programs and opens them."""
 

@@ -62,7 +62,7 @@ class OnnxRuntimeProgram(Program):
 
     def __init__(self, program_dir: Path, manifest: dict[str, Any], num_threads: int | None = None) -> None:
         super().__init__(manifest)
-        self.path = Path(program_dir) / PROGRAM_FILE
+        self.path = Path(program_dir) / manifest.get("file", PROGRAM_FILE)
         self.num_threads = num_threads or default_num_threads()
         self.providers = manifest["options"].get("providers") or default_providers()
         self._session: ort.InferenceSession | None = None

@@ -14,6 +14,7 @@ import logging
 import shutil
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from torch import nn
 
 import QEfficient
 from QEfficient.backends import Program, Specialization, get_backend
+from QEfficient.backends.base import MultiGraphProgram
 from QEfficient.base.onnx_symbolics import register_symbolics
 from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
 from QEfficient.base.pytorch_transforms import PytorchTransform, transform_name
@@ -33,6 +35,17 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx.data"
 DEFAULT_OPSET = 17
+SINGLE_GRAPH = "model"  # the graph name of a one-graph export (model.onnx)
+
+
+@dataclass
+class GraphExport:
+    """One graph to export from the wrapped module: example inputs (their order is the module's argument order),
+    output names, and the dynamic axes (dims not named there stay the example's sizes)."""
+
+    example_inputs: dict[str, torch.Tensor]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -81,6 +94,7 @@ class QEFFBaseModel(ABC):
         self.model = model.eval()
         self.hash_kwargs = dict(kwargs)
         self.onnx_path: Path | None = None
+        self.onnx_paths: dict[str, Path] = {}
         self.export_hash: str | None = None
         self.program_path: Path | None = None
         self._program: Program | None = None
@@ -133,12 +147,28 @@ class QEFFBaseModel(ABC):
         export_dir: str | Path | None = None,
         opset: int = DEFAULT_OPSET,
     ) -> Path:
+        """Export one graph (`model.onnx`); see `_export_graphs`."""
+        graph = GraphExport(example_inputs, output_names, dynamic_axes)
+        return self._export_graphs({SINGLE_GRAPH: graph}, export_dir, opset)
+
+    def _export_graphs(
+        self, graphs: dict[str, GraphExport], export_dir: str | Path | None = None, opset: int = DEFAULT_OPSET
+    ) -> Path:
+        """Export the wrapped module as one or more named graphs into one cached directory (`{name}.onnx`, with
+        its weights in `{name}.onnx.data`); several graphs are traced from the same module at different example
+        shapes (e.g. the prefill and decode graphs of a model with recurrent state). Returns the first graph's
+        path; `onnx_paths` has them all."""
         params = {
             **self._model_identity(),
-            "input_names": list(example_inputs),
-            "example_shapes": {name: list(t.shape) for name, t in example_inputs.items()},  # static dims
-            "output_names": output_names,
-            "dynamic_axes": dynamic_axes,
+            "graphs": {
+                name: {
+                    "input_names": list(graph.example_inputs),
+                    "example_shapes": {n: list(t.shape) for n, t in graph.example_inputs.items()},  # static dims
+                    "output_names": graph.output_names,
+                    "dynamic_axes": graph.dynamic_axes,
+                }
+                for name, graph in graphs.items()
+            },
             "opset": opset,
             "exporter": "torchscript",
             "onnx_transforms": [t.__name__ for t in self._onnx_transforms],
@@ -149,29 +179,35 @@ class QEFFBaseModel(ABC):
         directory = Path(export_dir) if export_dir else self.cache_root / f"{self.model_name}-{export_hash}"
 
         def build(tmp: Path) -> dict[str, Any]:
-            raw = tmp / "raw"
-            raw.mkdir()
-            self._torch_export(example_inputs, output_names, dynamic_axes, raw / ONNX_FILE, opset)
-            graph = onnx.load(str(raw / ONNX_FILE))
-            context = {
-                "export_hash": export_hash,
-                "version": QEfficient.__version__,
-                "transforms": ",".join(self.applied_transforms),
-            }
-            for transform in self._onnx_transforms:
-                graph, _ = transform.apply(graph, **context)
-            shutil.rmtree(raw)
-            onnx.save_model(
-                graph,
-                str(tmp / ONNX_FILE),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=ONNX_DATA_FILE,
-                size_threshold=1024,
-            )
-            return {"kind": "export", "export_hash": export_hash, "hash_params": params, "onnx": ONNX_FILE}
+            files = {}
+            for name, graph in graphs.items():
+                raw = tmp / "raw"
+                raw.mkdir()
+                self._torch_export(graph.example_inputs, graph.output_names, graph.dynamic_axes, raw / ONNX_FILE, opset)
+                model = onnx.load(str(raw / ONNX_FILE))
+                context = {
+                    "export_hash": export_hash,
+                    "version": QEfficient.__version__,
+                    "transforms": ",".join(self.applied_transforms),
+                }
+                for transform in self._onnx_transforms:
+                    model, _ = transform.apply(model, **context)
+                shutil.rmtree(raw)
+                files[name] = f"{name}.onnx"
+                onnx.save_model(
+                    model,
+                    str(tmp / files[name]),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=f"{name}.onnx.data",
+                    size_threshold=1024,
+                )
+            first = next(iter(files.values()))
+            return {"kind": "export", "export_hash": export_hash, "hash_params": params, "onnx": first, "graphs": files}
 
         directory, manifest = build_artifact(directory, build, description="ONNX export")
+        files = manifest.get("graphs") or {SINGLE_GRAPH: manifest["onnx"]}
+        self.onnx_paths = {name: directory / file for name, file in files.items()}
         self.onnx_path = directory / manifest["onnx"]
         self.export_hash = manifest["export_hash"]
         return self.onnx_path
@@ -212,12 +248,21 @@ class QEFFBaseModel(ABC):
 
     def _compile(
         self,
-        specializations: list[Specialization],
+        specializations: list[Specialization] | dict[str, list[Specialization]],
         backend: str = "onnxruntime",
         compile_dir: str | Path | None = None,
         **backend_options: Any,
     ) -> Path:
-        onnx_path = self.onnx_path if self.onnx_path is not None else self.export()
+        """Compile the exported graph for `specializations`; for a multi-graph export, a dict from graph name to
+        that graph's specialisations (each graph is compiled into its own subdirectory, and the opened program
+        sends each run to the graph whose specialisation matches)."""
+        if self.onnx_path is None:
+            self.export()
+        per_graph = specializations if isinstance(specializations, dict) else {SINGLE_GRAPH: specializations}
+        if set(per_graph) != set(self.onnx_paths):
+            raise ValueError(
+                f"Specialisations are given for graphs {sorted(per_graph)}; the export has {sorted(self.onnx_paths)}."
+            )
         engine = get_backend(backend)
         params = {
             "export_hash": self.export_hash,
@@ -228,21 +273,26 @@ class QEFFBaseModel(ABC):
         }
         compile_hash = hash_params(params)
         directory = (
-            Path(compile_dir) if compile_dir else onnx_path.parent / "compiled" / f"{engine.name}-{compile_hash}"
+            Path(compile_dir) if compile_dir else self.onnx_path.parent / "compiled" / f"{engine.name}-{compile_hash}"
         )
 
         def build(tmp: Path) -> dict[str, Any]:
-            metadata = engine.compile(onnx_path, tmp, specializations, backend_options)
-            return {
-                **metadata,
-                "kind": "program",
-                "compile_hash": compile_hash,
-                "source_export_hash": params["export_hash"],
-            }
+            provenance = {"kind": "program", "compile_hash": compile_hash, "source_export_hash": params["export_hash"]}
+            if not isinstance(specializations, dict):
+                return {**engine.compile(self.onnx_path, tmp, specializations, backend_options), **provenance}
+            graphs = {}
+            for name, specs in specializations.items():
+                (tmp / name).mkdir()
+                graphs[name] = engine.compile(self.onnx_paths[name], tmp / name, specs, backend_options)
+            return {"backend": engine.name, "graphs": graphs, **provenance}
 
         directory, manifest = build_artifact(directory, build, description=f"{engine.name} program")
         self.program_path = directory
-        self._program = engine.open(directory, manifest)
+        if "graphs" in manifest:
+            graphs = {name: engine.open(directory / name, meta) for name, meta in manifest["graphs"].items()}
+            self._program = MultiGraphProgram(manifest, graphs)
+        else:
+            self._program = engine.open(directory, manifest)
         return directory
 
     @property

@@ -9,6 +9,14 @@ Each is registered once before the first export. Models reach these ops through 
 - `index_add` (mixture-of-experts layers summing each token's expert outputs): torch's symbolic is a plain
   `ScatterElements`, which keeps one of the values written to a repeated index instead of their sum (it
   warns, and the graph is silently wrong). Ours scatters with `reduction="add"` (opset 16+).
+- `copy` (HF's recurrent cache layers store a new state with the in-place `state.copy_(new)`; on a traced
+  clone it becomes `aten::copy`): missing; `new` broadcast to the state's shape, in the state's dtype.
+- `permute` with negative dims (Mamba2's `permute(0, -2, -1, 1)`): torch's symbolic passes them to ONNX
+  `Transpose`, whose graph ONNX Runtime then refuses to load; ours normalises them.
+- `linalg_solve_triangular` (the chunked gated delta rule of Qwen3-Next, Qwen3.5, OLMo-hybrid, ...): missing.
+  It is exported for unit-triangular systems, A = I + N with N strictly triangular and so nilpotent:
+  A^-1 = sum_k (-N)^k = prod_j (I + (-N)^(2^j)), ceil(log2 n) squarings (up to n = 256 when the size is
+  unknown at export; powers beyond n are exactly zero).
 """
 
 from __future__ import annotations
@@ -63,6 +71,35 @@ def _index_add(g, self, dim, index, source, alpha=None):  # noqa: ANN001, ANN202
     return g.op("ScatterElements", self, index, source, axis_i=dim, reduction_s="add")
 
 
+def _copy(g, self, src, non_blocking):  # noqa: ANN001, ANN202
+    return g.op("CastLike", g.op("Expand", src, g.op("Shape", self)), self)
+
+
+@symbolic_helper.parse_args("v", "is")
+def _permute(g, self, dims):  # noqa: ANN001, ANN202
+    dims = [d % len(dims) for d in dims]
+    return self if dims == list(range(len(dims))) else g.op("Transpose", self, perm_i=dims)
+
+
+@symbolic_helper.parse_args("v", "v", "b", "b", "b")
+def _solve_triangular(g, a, b, upper, left, unitriangular):  # noqa: ANN001, ANN202
+    if not unitriangular:
+        return symbolic_helper._unimplemented("linalg_solve_triangular", "unitriangular=False", a)
+    sizes = symbolic_helper._get_tensor_sizes(a) or [None]
+    n = sizes[-1] if isinstance(sizes[-1], int) else 256
+    strict = g.op("Trilu", a, g.op("Constant", value_t=torch.tensor(1 if upper else -1)), upper_i=int(upper))
+    minus = g.op("Neg", strict)
+    zero = g.op("Constant", value_t=torch.tensor(0))
+    ones = g.op("CastLike", g.op("ConstantOfShape", g.op("Shape", a), value_t=torch.tensor([1.0])), a)
+    eye = g.op("Trilu", g.op("Trilu", ones, zero, upper_i=1), zero, upper_i=0)
+    inverse, power, reach = g.op("Add", eye, minus), minus, 2
+    while reach < n:
+        power = g.op("MatMul", power, power)
+        inverse = g.op("MatMul", inverse, g.op("Add", eye, power))
+        reach *= 2
+    return g.op("MatMul", inverse, b) if left else g.op("MatMul", b, inverse)
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -70,6 +107,9 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, opset)
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
     torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", _repeat_interleave, opset)
+    torch.onnx.register_custom_op_symbolic("aten::copy", _copy, opset)
+    torch.onnx.register_custom_op_symbolic("aten::permute", _permute, opset)
+    torch.onnx.register_custom_op_symbolic("aten::linalg_solve_triangular", _solve_triangular, opset)
     if opset >= 16:
         torch.onnx.register_custom_op_symbolic("aten::index_add", _index_add, opset)
     _registered.add(opset)

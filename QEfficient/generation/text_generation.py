@@ -1,8 +1,9 @@
 """Text generation on a compiled causal-LM program: chunked prefill, decode loop, stopping, streaming,
 and continuous batching over `full_batch_size` cache rows.
 
-The program follows docs/causal_lm.md: one graph, a prefill specialisation (B x prefill_seq_len) and a
-decode one (B x 1), the KV cache kept as retained state by the backend between steps.
+The program follows docs/causal_lm.md: a prefill specialisation (B x prefill_seq_len) and a decode one (B x 1),
+the KV cache (and any recurrent state) kept as retained state by the backend between steps. Prompts are
+right-padded, or left-padded for a model with recurrent state (docs/recurrent_state.md).
 """
 
 from __future__ import annotations
@@ -54,8 +55,15 @@ class TextGenerator:
         batch_size: int,
         full_batch_size: int | None = None,
         eos_token_ids: Sequence[int] = (),
+        left_padding: bool = False,
+        single_chunk_prefill: bool = False,
     ) -> None:
+        """`left_padding`: prompts end at the last column of their last prefill chunk (recurrent state must not run
+        over padding after the prompt). `single_chunk_prefill`: each prompt must fit in one prefill chunk (a
+        recurrent prefill that starts from a zero state)."""
         self.program = program
+        self.left_padding = left_padding
+        self.single_chunk_prefill = single_chunk_prefill
         self.tokenizer = tokenizer
         self.prefill_seq_len = prefill_seq_len
         self.ctx_len = ctx_len
@@ -111,6 +119,13 @@ class TextGenerator:
                     f"Prompt {i} has {len(ids)} tokens but ctx_len is {self.ctx_len}: it must leave room for at "
                     f"least one new token. Compile with a larger ctx_len (compile(ctx_len=...))."
                 )
+            if self.single_chunk_prefill and len(ids) > self.prefill_seq_len:
+                raise ValueError(
+                    f"Prompt {i} has {len(ids)} tokens but prefill_seq_len is {self.prefill_seq_len}: this model keeps "
+                    "recurrent state and its prefill starts from a zero state (its scan cannot continue from a stored "
+                    "state), so a prompt is prefilled in one chunk. Compile with "
+                    f"prefill_seq_len >= {len(ids)}."
+                )
             room = self.ctx_len - len(ids)
             requests.append(_Request(i, ids, min(room, generation_len or room)))
         return requests
@@ -124,21 +139,28 @@ class TextGenerator:
         return self.program.run_with_state(inputs, state)["logits"][:, -1, :]
 
     def _prefill(self, state: Any, rows: list[list[int] | None], batch_index: np.ndarray | None) -> np.ndarray:
-        """Chunked prefill of right-padded rows (None = idle row); logits at each row's last prompt token."""
+        """Chunked prefill of padded rows (None = idle row); logits at each row's last prompt token.
+
+        Rows are padded to a whole number of chunks: on the right, or on the left with `left_padding`, so that
+        every row ends in the last chunk. Padding has position -1.
+        """
         width, chunk = len(rows), self.prefill_seq_len
         lengths = [len(r) if r else 0 for r in rows]
+        total = -(-max(lengths) // chunk) * chunk
+        ids = np.full((width, total), self.pad_token_id, dtype=np.int64)
+        positions = np.full((width, total), -1, dtype=np.int64)
+        ends = []
+        for r, row in enumerate(rows):
+            begin = total - lengths[r] if self.left_padding else 0
+            ids[r, begin : begin + lengths[r]] = row or []
+            positions[r, begin : begin + lengths[r]] = np.arange(lengths[r])
+            ends.append(begin + lengths[r] - 1)
         last: np.ndarray | None = None
-        for start in range(0, max(lengths), chunk):
-            ids = np.full((width, chunk), self.pad_token_id, dtype=np.int64)
-            positions = np.full((width, chunk), -1, dtype=np.int64)
-            for r, row in enumerate(rows):
-                piece = row[start : start + chunk] if row else []
-                ids[r, : len(piece)] = piece
-                positions[r, : len(piece)] = np.arange(start, start + len(piece))
-            logits = self._step(state, ids, positions, batch_index)
+        for start in range(0, total, chunk):
+            logits = self._step(state, ids[:, start : start + chunk], positions[:, start : start + chunk], batch_index)
             last = np.zeros_like(logits) if last is None else last
-            for r, length in enumerate(lengths):
-                if length and start < length <= start + chunk:
+            for r, end in enumerate(ends):
+                if lengths[r] and start <= end < start + chunk:
                     last[r] = logits[r]
         return last
 

@@ -1,9 +1,10 @@
-"""The fixed-size retained-state KV cache and the attention masks built from `position_ids`.
+"""The fixed-size retained-state cache and the attention masks built from `position_ids`.
 
 This is the generic half of the causal-LM graph contract (docs/causal_lm.md): a `Cache` that writes each
 new key/value at the slot given by its token's position into a preallocated `[B, H_kv, ctx_len, D]`
-buffer (a pure scatter, so the graph has static shapes), and masks derived from `position_ids` inside the
-graph. A model that uses transformers' own `Cache` and mask interfaces needs no model-specific code.
+buffer (a pure scatter, so the graph has static shapes), keeps the conv and recurrent states of state-space and
+linear-attention layers (docs/recurrent_state.md), and masks derived from `position_ids` inside the graph. A
+model that uses transformers' own `Cache` and mask interfaces needs no model-specific code.
 
 Padding tokens carry position -1. They must never write anything that is later read: each one re-writes
 the key/value of its row's first valid token of the same step to that token's slot (an identical
@@ -13,10 +14,24 @@ with its current content.
 
 from __future__ import annotations
 
-import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer
+from dataclasses import dataclass, field
 
-PastEntry = tuple[torch.Tensor, ...] | str
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer, LinearAttentionLayer
+
+
+@dataclass
+class LayerBuffers:
+    """One layer's retained inputs: its key/value buffers (plus indexer keys for a sparse-attention layer), and its
+    conv/recurrent states keyed by (kind, state index), kind "conv" or "recurrent"."""
+
+    kv: tuple[torch.Tensor, ...] | None = None
+    states: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+
+# Per layer: its buffers, or, for a layer that keeps nothing, "dummy" (it reads another layer's keys and values:
+# HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` the model leaves alone, e.g. cross-attention).
+PastEntry = LayerBuffers | str
 
 
 def padding_safe_slots(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,37 +133,160 @@ class FixedIndexedKVLayer(FixedKVLayer):
         return rows.squeeze(1)
 
 
-class FixedKVCache(Cache):
-    """transformers `Cache` over retained buffers; `retained_state()` returns the updated buffers.
+def _rows(buffer: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
+    """This step's rows of a full-batch buffer (continuous batching), or the buffer itself."""
+    return buffer if batch_index is None else buffer.index_select(0, batch_index.reshape(-1))
 
-    `past` has one `(keys, values)` pair per layer (`(keys, values, indexer_keys)` for a sparse-attention
-    layer with an indexer), or, for a layer that keeps no cache, "dummy" (it reads another layer's keys and
-    values: HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` that the model leaves alone, e.g.
-    cross-attention with text-only input).
+
+class FixedLinearAttentionLayer(LinearAttentionLayer):
+    """One layer's retained conv and recurrent states (`past_conv.{i}`, `past_recurrent.{i}`), presented to the
+    model as HF's `LinearAttentionLayer`, whose `update_conv_state` / `update_recurrent_state` the mixers call.
+
+    `previous_state=False` (a prefill from zero): the layer reports no previous state, so HF runs its full-sequence
+    path and stores the final state into zeros allocated by the lazy initialisation. `previous_state=True` (decode,
+    and a prefill chunk that continues): the layer holds clones of the input states, which HF updates in place.
+    `retained()` gives the states after the step; rows without a valid token keep their old state.
     """
 
-    def __init__(self, past: list[PastEntry], position_ids: torch.Tensor, batch_index=None) -> None:
+    def __init__(
+        self,
+        states: dict[tuple[str, int], torch.Tensor],
+        row_valid: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        previous_state: bool,
+    ) -> None:
+        LinearAttentionLayer.__init__(self, number_of_states=1 + max(s for _, s in states))
+        self.inputs, self.batch_index = states, batch_index
+        self.row_valid = row_valid
+        self.old_rows = {key: _rows(buffer, batch_index) for key, buffer in states.items()}
+        if previous_state:
+            for (kind, s), rows in self.old_rows.items():
+                if kind == "conv":
+                    self.conv_states[s] = rows.clone()
+                    self.is_conv_states_initialized[s] = True
+                    self.conv_kernel_size[s] = rows.shape[-1]
+                else:
+                    self.recurrent_states[s] = rows.clone()
+                    self.is_recurrent_states_initialized[s] = True
+                self.has_previous_state[s] = True
+                self.dtype, self.device = rows.dtype, rows.device
+
+    def lazy_initialization(
+        self,
+        conv_states: torch.Tensor | None = None,
+        recurrent_states: torch.Tensor | None = None,
+        state_idx: int = 0,
+        conv_kernel_size: int | None = None,
+    ) -> None:
+        """HF's, without `torch._dynamo.mark_static_address` (nothing to pin in a traced graph)."""
+        if conv_states is not None:
+            self.dtype, self.device = conv_states.dtype, conv_states.device
+            size = conv_states.shape[-1] if conv_kernel_size is None else conv_kernel_size
+            self.conv_kernel_size[state_idx] = size
+            self.conv_states[state_idx] = conv_states.new_zeros((*conv_states.shape[:-1], size))
+            self.is_conv_states_initialized[state_idx] = True
+        if recurrent_states is not None:
+            self.recurrent_states[state_idx] = torch.zeros_like(recurrent_states)
+            self.is_recurrent_states_initialized[state_idx] = True
+
+    def retained(self) -> list[torch.Tensor]:
+        """The full-batch states after this step, in the order of the inputs."""
+        out = []
+        for (kind, s), buffer in self.inputs.items():
+            old = self.old_rows[(kind, s)]
+            new = self.conv_states[s] if kind == "conv" else self.recurrent_states[s]
+            if new is None:  # the layer did not touch this state in this step
+                out.append(buffer)
+                continue
+            valid = self.row_valid.view(-1, *([1] * (old.dim() - 1)))
+            rows = torch.where(valid, new.to(old.dtype), old)
+            if self.batch_index is not None:
+                index = self.batch_index.reshape(-1, *([1] * (old.dim() - 1))).expand_as(rows)
+                rows = buffer.scatter(0, index, rows)
+            out.append(rows)
+        return out
+
+
+class FixedKVAndLinearAttentionLayer(FixedLinearAttentionLayer, FixedKVLayer):
+    """A layer with a KV cache and recurrent state side by side (parallel hybrids such as Falcon-H1; HF's
+    `LinearAttentionAndFullAttentionLayer`)."""
+
+    def __init__(self, kv_args: tuple, recurrent_args: tuple) -> None:
+        FixedLinearAttentionLayer.__init__(self, *recurrent_args)
+        FixedKVLayer.__init__(self, *kv_args)
+
+    def lazy_initialization(self, *args: torch.Tensor, **kwargs: object) -> None:
+        """The KV half (called with two positional tensors) has its buffers already; the states initialise as HF's."""
+        if not args:
+            FixedLinearAttentionLayer.lazy_initialization(self, **kwargs)
+
+
+class FixedCache(Cache):
+    """transformers `Cache` over retained buffers; `retained_state()` returns the updated buffers.
+
+    `past` has one entry per layer (`PastEntry`). `previous_state` says whether the recurrent layers continue from
+    their input states (decode, and continuing prefill chunks) or start from zero (docs/recurrent_state.md).
+    """
+
+    def __init__(
+        self,
+        past: list[PastEntry],
+        position_ids: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        previous_state: bool = False,
+    ) -> None:
         source, slots, row_has_valid = padding_safe_slots(position_ids)
-        start = position_ids[0, 0].clamp(min=0)
-        layers = []
+        self.start = position_ids[0, 0].clamp(min=0)
+        # The position column 0 would have if row 0's tokens were contiguous: left padding makes it negative.
+        columns = torch.arange(position_ids.shape[1], device=position_ids.device)
+        offsets = torch.where(position_ids[0] >= 0, position_ids[0] - columns, position_ids.new_full((), -(2**62)))
+        self.query_offset = offsets.max().clamp(min=-position_ids.shape[1])
+        row_valid = row_has_valid.reshape(-1)
+        layers: list = []
         for entry in past:
             if isinstance(entry, str):
                 layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
+                continue
+            kv_args = (*(entry.kv or ()), source, slots, row_has_valid, batch_index, self.start)
+            recurrent_args = (entry.states, row_valid, batch_index, previous_state)
+            if entry.kv and entry.states:
+                layers.append(FixedKVAndLinearAttentionLayer(kv_args, recurrent_args))
+            elif entry.states:
+                layers.append(FixedLinearAttentionLayer(*recurrent_args))
             else:
-                kind = FixedIndexedKVLayer if len(entry) == 3 else FixedKVLayer
-                layers.append(kind(*entry, source, slots, row_has_valid, batch_index, start))
+                layers.append((FixedIndexedKVLayer if len(entry.kv) == 3 else FixedKVLayer)(*kv_args))
         super().__init__(layers=layers)
 
+    def get_seq_length(self, layer_idx: int = 0) -> torch.Tensor | int:
+        """The position of the step's first token (row 0), as `FixedKVLayer.get_seq_length` answers it; also for a
+        model without attention layers (HF's answer would look for one)."""
+        if not any(isinstance(layer, FixedKVLayer) for layer in self.layers):
+            return self.start
+        return super().get_seq_length(layer_idx)
+
+    def get_query_offset(self, layer_idx: int = 0) -> torch.Tensor:
+        """The position of the step's column 0 (row 0), for models that number the queries `offset + arange(S)`
+        instead of reading `position_ids` (Inkling's relative positions). With left padding it is negative, so the
+        valid tokens still get their own positions."""
+        return self.query_offset
+
     def retained_state(self) -> list[torch.Tensor]:
-        """`past_key.i, past_value.i` (and `past_indexer_key.i`) of every layer that keeps a cache, in layer order,
-        after this step."""
+        """Every retained buffer after this step, in graph order: per layer `past_key.i`, `past_value.i`
+        (`past_indexer_key.i`), then its conv and recurrent states."""
         state = []
         for layer in self.layers:
             if isinstance(layer, FixedKVLayer):
                 state += [layer.keys, layer.values]
             if isinstance(layer, FixedIndexedKVLayer):
                 state.append(layer.indexer_keys)
+            if isinstance(layer, FixedLinearAttentionLayer):
+                state += layer.retained()
         return state
+
+
+# The layer types that transformers gives a sliding window (`get_layer_types_and_kwargs`); "hybrid_sliding" is a
+# layer with windowed attention beside recurrent state.
+SLIDING_LAYER_TYPES = ("sliding_attention", "hybrid_sliding", "reference_sliding_attention")
 
 
 def attention_masks(
@@ -158,7 +296,8 @@ def attention_masks(
 
     A token at position p reads slots j <= p ("full_attention", and "indexed_attention": a sparse-attention
     indexer ranks only these slots and its top-k selection narrows them further); `windows` adds the windowed kinds:
-    "sliding_attention" (W) also needs j > p - W, "chunked_attention" (C) needs j in p's chunk,
+    "sliding_attention" (W; also the other sliding kinds of `SLIDING_LAYER_TYPES`) also needs j > p - W,
+    "chunked_attention" (C) needs j in p's chunk,
     j // C == p // C. Padding (p < 0) reads nothing useful but keeps slot 0 open so no row is fully masked
     (its output is never used).
     """
@@ -171,7 +310,7 @@ def attention_masks(
     full = torch.where(allowed, zero, minimum)
     masks = {"full_attention": full, "indexed_attention": full}
     for layer_type, size in (windows or {}).items():
-        if layer_type == "sliding_attention":
+        if layer_type in SLIDING_LAYER_TYPES:
             inside = slots > pos - size
         elif layer_type == "chunked_attention":
             inside = torch.div(slots, size, rounding_mode="floor") == torch.div(pos, size, rounding_mode="floor")

@@ -1,11 +1,14 @@
 """`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
 
-    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, [past_indexer_key.0], ...)
+    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, [past_indexer_key.0],
+     [past_conv.0], [past_recurrent.0], ...)
         -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
-It builds a `FixedKVCache` over the past buffers and the masks from `position_ids`, calls the HF model
+It builds a `FixedCache` over the past buffers and the masks from `position_ids`, calls the HF model
 through its own interfaces (`cache=`, `attention_mask=`, `position_ids=`), and computes logits only at
 each row's last valid position (a pre-hook on the output embedding gathers that hidden state first).
+Layers with recurrent state (state-space, linear attention) keep it as `past_conv.{i}` / `past_recurrent.{i}`;
+such a model needs separate prefill and decode graphs (docs/recurrent_state.md).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from transformers.cache_utils import (
 )
 
 from QEfficient.transformers import attention as grouped_attention
-from QEfficient.transformers.cache_utils import FixedKVCache, attention_masks
+from QEfficient.transformers.cache_utils import (
+    SLIDING_LAYER_TYPES,
+    FixedCache,
+    LayerBuffers,
+    PastEntry,
+    attention_masks,
+)
 from QEfficient.transformers.implementations import (
     alibi_from_4d_masks,
     applied,
@@ -43,10 +52,14 @@ class UnsupportedCausalLMError(ValueError):
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention", "dummy")
 
 
+# A recurrent state of one layer: (kind "conv" or "recurrent", HF's state index, shape without the batch).
+StateSpec = tuple[str, int, tuple[int, ...]]
+
+
 @dataclass(frozen=True)
-class KVLayout:
-    """Shapes of each layer's cache (`[H_kv, D_k]`, `[H_kv, D_v]`; None for a layer that keeps no cache) and the
-    attention kinds in use."""
+class CacheLayout:
+    """What each layer retains between steps: key/value shapes (`[H_kv, D_k]`, `[H_kv, D_v]`; None for a layer
+    without a KV cache), indexer keys, recurrent states, and the attention kinds in use."""
 
     key_shapes: tuple[tuple[int, int] | None, ...]
     value_shapes: tuple[tuple[int, int] | None, ...]
@@ -54,44 +67,63 @@ class KVLayout:
     windows: tuple[tuple[str, int], ...]
     # True when the model reads a dict of masks keyed by layer type (config.layer_types), False for one mask.
     masks_by_layer_type: bool
-    # Per layer without a cache: "dummy" (it reads another layer's keys and values) or "unused" (left empty for
-    # text-only input, e.g. cross-attention); None for a cached layer.
+    # Per layer that keeps nothing: "dummy" (it reads another layer's keys and values) or "unused" (left empty for
+    # text-only input, e.g. cross-attention); None for a layer with buffers.
     placeholders: tuple[str | None, ...] = ()
     # Per layer: the indexer key width D_idx of a sparse-attention layer that also caches indexer keys
     # (DeepSeek Sparse Attention, `past_indexer_key.{i}` [B, C, D_idx]); None for the others.
     indexer_dims: tuple[int | None, ...] = ()
+    # Per layer: its conv/recurrent states (state-space and linear-attention layers), `past_conv.{i}[.{s}]` and
+    # `past_recurrent.{i}[.{s}]`; empty for the others.
+    states: tuple[tuple[StateSpec, ...], ...] = ()
+    # config.layer_types (the keys of the mask dict), when the model has them.
+    layer_types: tuple[str, ...] = ()
 
     @property
     def num_layers(self) -> int:
         return len(self.key_shapes)
 
-    def cached_layers(self) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
-        """(layer index, key shape, value shape) of every layer that keeps a cache."""
-        return [(i, k, v) for i, (k, v) in enumerate(zip(self.key_shapes, self.value_shapes)) if k is not None]
+    @property
+    def has_attention(self) -> bool:
+        return any(k is not None for k in self.key_shapes)
+
+    @property
+    def has_recurrent_state(self) -> bool:
+        return any(self.states)
+
+    def layer_states(self, layer: int) -> tuple[StateSpec, ...]:
+        return self.states[layer] if layer < len(self.states) else ()
 
     def indexer_dim(self, layer: int) -> int | None:
         """D_idx of layer `layer`'s retained indexer keys, or None if it keeps none."""
         return self.indexer_dims[layer] if layer < len(self.indexer_dims) else None
 
     def past_shapes(self, cache_batch: int, ctx_len: int) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of every retained input, in graph order: per cached layer `past_key.{i}`,
-        `past_value.{i}` and, for an indexed layer, `past_indexer_key.{i}`."""
+        """Name -> shape of every retained input, in graph order. Per layer: `past_key.{i}`, `past_value.{i}`
+        and, for an indexed layer, `past_indexer_key.{i}` (`[B, ..., ctx_len, ...]`); then its states
+        `past_conv.{i}` / `past_recurrent.{i}` (`.{i}.{s}` for HF's state index s > 0), which do not depend on
+        `ctx_len`."""
         shapes: dict[str, tuple[int, ...]] = {}
-        for i, (hk, dk), (hv, dv) in self.cached_layers():
-            shapes[f"past_key.{i}"] = (cache_batch, hk, ctx_len, dk)
-            shapes[f"past_value.{i}"] = (cache_batch, hv, ctx_len, dv)
-            if self.indexer_dim(i) is not None:
-                shapes[f"past_indexer_key.{i}"] = (cache_batch, ctx_len, self.indexer_dim(i))
+        for i in range(self.num_layers):
+            if self.key_shapes[i] is not None:
+                (hk, dk), (hv, dv) = self.key_shapes[i], self.value_shapes[i]
+                shapes[f"past_key.{i}"] = (cache_batch, hk, ctx_len, dk)
+                shapes[f"past_value.{i}"] = (cache_batch, hv, ctx_len, dv)
+                if self.indexer_dim(i) is not None:
+                    shapes[f"past_indexer_key.{i}"] = (cache_batch, ctx_len, self.indexer_dim(i))
+            for kind, index, shape in self.layer_states(i):
+                shapes[f"past_{kind}.{i}" + (f".{index}" if index else "")] = (cache_batch, *shape)
         return shapes
 
 
-def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
-    """Run the model once on two tokens with HF's own DynamicCache and read each layer's K/V shapes.
+def probe_cache_layout(model: PreTrainedModel) -> CacheLayout:
+    """Run the model once on two tokens with HF's own DynamicCache and read what each layer keeps.
 
-    A layer whose cache stays empty keeps none of its own (it reuses another layer's keys and values, or is
-    not used for text-only input, like a multimodal model's cross-attention); it gets no buffers. A layer
-    with recurrent state (state-space, linear attention) is not supported yet. A sparse-attention layer
-    (HF's `DynamicIndexedLayer`) whose indexer caches one key per token also retains those indexer keys.
+    A layer whose KV cache stays empty keeps none of its own (it reuses another layer's keys and values, or is
+    not used for text-only input, like a multimodal model's cross-attention); it gets no buffers. A sparse-attention
+    layer (HF's `DynamicIndexedLayer`) whose indexer caches one key per token also retains those indexer keys. A
+    state-space or linear-attention layer (HF's `LinearAttentionCacheLayerMixin`) retains its conv and recurrent
+    states, whose shapes the probe reads.
     """
     name = type(model).__name__
     if name in NOT_SUPPORTED:
@@ -100,40 +132,97 @@ def probe_kv_layout(model: PreTrainedModel) -> KVLayout:
     cache = DynamicCache(config=text_config)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 2), dtype=torch.int64), cache=cache, use_cache=True)
-    keys, values, placeholders, indexer_dims = [], [], [], []
+    keys, values, placeholders, indexer_dims, states = [], [], [], [], []
     for index, layer in enumerate(cache.layers):
-        if isinstance(layer, LinearAttentionCacheLayerMixin):
-            raise UnsupportedCausalLMError(
-                f"Layer {index} of {name} keeps a recurrent state ({type(layer).__name__}: state-space or linear "
-                "attention); retained recurrent state is not supported yet, only key/value caches."
-            )
         layer_keys = getattr(layer, "keys", None)
         cached = isinstance(layer_keys, torch.Tensor) and layer_keys.dim() == 4 and layer_keys.shape[2] > 0
+        layer_states = _recurrent_states(name, index, layer)
         keys.append((layer_keys.shape[1], layer_keys.shape[3]) if cached else None)
         values.append((layer.values.shape[1], layer.values.shape[3]) if cached else None)
-        placeholders.append(None if cached else "dummy" if isinstance(layer, DummyLayer) else "unused")
+        keeps = cached or layer_states
+        placeholders.append(None if keeps else "dummy" if isinstance(layer, DummyLayer) else "unused")
         indexer_dims.append(_indexer_dim(name, index, layer) if cached else None)
-    if all(k is None for k in keys):
+        states.append(layer_states)
+    if all(k is None for k in keys) and not any(states):
         raise UnsupportedCausalLMError(
             f"{name} keeps no key/value cache in transformers' Cache when called with one (it recomputes the whole "
             "sequence at every step, or keeps its own state), so there is nothing to retain between steps."
         )
     layer_types, layer_kwargs = get_layer_types_and_kwargs(text_config)
-    unknown = set(layer_types) - set(SUPPORTED_LAYER_TYPES)
-    if unknown:
-        raise UnsupportedCausalLMError(
-            f"{name} has layer types {sorted(unknown)}; the masks implement {', '.join(SUPPORTED_LAYER_TYPES)}."
-        )
     windows: dict[str, set[int]] = {}
     for layer_type, kwargs in zip(layer_types, layer_kwargs):
-        if layer_type in ("sliding_attention", "chunked_attention"):
+        if layer_type in (*SLIDING_LAYER_TYPES, "chunked_attention"):
             windows.setdefault(layer_type, set()).add(kwargs["sliding_window"])
+    # Every layer with a KV cache needs a mask rule; one that also keeps recurrent state (a parallel hybrid such as
+    # Falcon-H1, layer type "hybrid") attends causally over the whole context unless it has a window.
+    unknown = {
+        t
+        for t, kwargs, k, st in zip(layer_types, layer_kwargs, keys, states)
+        if k is not None and t not in (*SUPPORTED_LAYER_TYPES, *windows) and (not st or "sliding_window" in kwargs)
+    }
+    if unknown:
+        raise UnsupportedCausalLMError(
+            f"{name} has layer types {sorted(unknown)}; the masks implement {', '.join(SUPPORTED_LAYER_TYPES)} "
+            f"and {', '.join(SLIDING_LAYER_TYPES[1:])}."
+        )
     mixed = {t: sorted(w) for t, w in windows.items() if len(w) > 1}
     if mixed:
         raise UnsupportedCausalLMError(f"{name} mixes window sizes within one layer type: {mixed}.")
-    by_type = getattr(text_config, "layer_types", None) is not None
+    config_types = getattr(text_config, "layer_types", None)
     windows_used = tuple((t, w.pop()) for t, w in windows.items())
-    return KVLayout(tuple(keys), tuple(values), windows_used, by_type, tuple(placeholders), tuple(indexer_dims))
+    return CacheLayout(
+        tuple(keys),
+        tuple(values),
+        windows_used,
+        config_types is not None,
+        tuple(placeholders),
+        tuple(indexer_dims),
+        tuple(states),
+        tuple(config_types or ()),
+    )
+
+
+def _recurrent_states(name: str, index: int, layer: object) -> tuple[StateSpec, ...]:
+    """The conv/recurrent states a probed layer initialised, in HF's state order.
+
+    A recurrent cache layer that the model left uninitialised means the model keeps that state somewhere else (in
+    its own modules, as RecurrentGemma does): it could not be retained between graph runs, so it is refused.
+    """
+    if not isinstance(layer, LinearAttentionCacheLayerMixin):
+        return ()
+    found: list[StateSpec] = []
+    for s in range(layer.number_of_states):
+        if layer.is_conv_states_initialized[s]:
+            found.append(("conv", s, tuple(layer.conv_states[s].shape[1:])))
+        if layer.is_recurrent_states_initialized[s]:
+            found.append(("recurrent", s, tuple(layer.recurrent_states[s].shape[1:])))
+    if not found:
+        raise UnsupportedCausalLMError(
+            f"Layer {index} of {name} is a recurrent layer whose state does not go through transformers' Cache (the "
+            "model keeps it in its own modules), so it cannot be retained between steps."
+        )
+    return tuple(found)
+
+
+def prefill_continues_from_state(model: PreTrainedModel) -> bool:
+    """Whether the model's multi-token path continues exactly from a stored recurrent state.
+
+    Asked of HF itself with its own DynamicCache: the last logits of 8 tokens in one call against 4 + 4 in two
+    calls. True for Mamba2-style SSD scans, gated delta rules and short convolutions, whose chunked algorithms take
+    an initial state; False for Mamba-1's selective scan, which restarts from zero (its prefill must then fit in one
+    chunk). Any failure counts as False, the safe answer.
+    """
+    config = model.config.get_text_config(decoder=True)
+    ids = (torch.arange(8).unsqueeze(0) * 7 + 3) % config.vocab_size
+    try:
+        with torch.no_grad():
+            whole = model(input_ids=ids, cache=DynamicCache(config=config), use_cache=True).logits[:, -1]
+            cache = DynamicCache(config=config)
+            model(input_ids=ids[:, :4], cache=cache, use_cache=True)
+            parts = model(input_ids=ids[:, 4:], cache=cache, use_cache=True).logits[:, -1]
+    except Exception:  # noqa: BLE001 - any failure: prefill in one chunk
+        return False
+    return bool(torch.allclose(whole, parts, atol=1e-4, rtol=1e-3))
 
 
 def _indexer_dim(name: str, index: int, layer: object) -> int | None:
@@ -161,8 +250,11 @@ class CausalLMForExport(nn.Module):
     def __init__(self, model: PreTrainedModel, continuous_batching: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.layout = probe_kv_layout(model)
+        self.layout = probe_cache_layout(model)
         self.continuous_batching = continuous_batching
+        # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
+        # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
+        self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
         self._last_index: torch.Tensor | None = None
         head = model.get_output_embeddings()
         if head is None:
@@ -207,7 +299,13 @@ class CausalLMForExport(nn.Module):
     def export_identity(self) -> dict:
         """What, beyond config and weights, determines the exported graph (part of the export hash)."""
         adapter = self.adapter.name if self.adapter else None
-        return {"attention": self.attention, "experts": self.experts, "adapter": adapter, "layout": repr(self.layout)}
+        return {
+            "attention": self.attention,
+            "experts": self.experts,
+            "adapter": adapter,
+            "layout": repr(self.layout),
+            "prefill_continues": self.prefill_continues,
+        }
 
     @property
     def adapter_name(self) -> str:
@@ -246,24 +344,56 @@ class CausalLMForExport(nn.Module):
         ):
             yield
 
+    @property
+    def has_recurrent_state(self) -> bool:
+        """Whether some layer keeps conv/recurrent state (then prefill and decode are separate graphs)."""
+        return self.layout.has_recurrent_state
+
+    def _per_layer(self, past: tuple[torch.Tensor, ...]) -> list[PastEntry]:
+        """The flat past inputs grouped per layer, in `CacheLayout.past_shapes` order."""
+        buffers = iter(past)
+        per_layer: list[PastEntry] = []
+        for i, key_shape in enumerate(self.layout.key_shapes):
+            states = self.layout.layer_states(i)
+            if key_shape is None and not states:
+                per_layer.append(self.layout.placeholders[i])
+                continue
+            count = 0 if key_shape is None else 2 if self.layout.indexer_dim(i) is None else 3
+            kv = tuple(next(buffers) for _ in range(count)) or None
+            per_layer.append(LayerBuffers(kv, {(kind, index): next(buffers) for kind, index, _ in states}))
+        return per_layer
+
+    def _masks(self, position_ids: torch.Tensor, ctx_len: int | None, dtype: torch.dtype) -> torch.Tensor | dict:
+        """The `attention_mask` argument: 4-D masks from `position_ids` (one, or a dict by layer type), and for
+        recurrent layers the 2-D padding mask HF's mixers multiply into their input (docs/recurrent_state.md)."""
+        padding = (position_ids >= 0).to(dtype)
+        if not self.layout.has_attention:  # pure state-space models take the 2-D mask
+            return padding
+        masks = attention_masks(position_ids, ctx_len, dtype, dict(self.layout.windows))
+        if not self.layout.masks_by_layer_type:  # one mask for every layer: the windowed kind if the model has one
+            return next((masks[t] for t, _ in self.layout.windows), masks["full_attention"])
+        if not self.layout.has_recurrent_state:
+            return masks
+        # HF's hybrids read the 2-D recurrent mask under "linear_attention" or "conv"; another layer type ("hybrid",
+        # "mamba", ...) gets the causal mask if the layer keeps a KV cache, else the 2-D one.
+        by_type = {**masks, "linear_attention": padding, "conv": padding}
+        # A hybrid layer type with a window ("hybrid_sliding") hands its attention the "sliding_attention" mask.
+        sliding = next((masks[t] for t, _ in self.layout.windows if t in SLIDING_LAYER_TYPES), None)
+        for layer_type in SLIDING_LAYER_TYPES if sliding is not None else ():
+            by_type.setdefault(layer_type, sliding)
+        for layer_type, key_shape in zip(self.layout.layer_types, self.layout.key_shapes):
+            by_type.setdefault(layer_type, masks["full_attention"] if key_shape is not None else padding)
+        return by_type
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         batch_index = rest[0] if self.continuous_batching else None
         past = rest[1:] if self.continuous_batching else rest
-        ctx_len = past[0].shape[2]
-        buffers = iter(past)
-        per_layer = []
-        for i, key_shape in enumerate(self.layout.key_shapes):
-            if key_shape is None:
-                per_layer.append(self.layout.placeholders[i])
-            else:
-                count = 2 if self.layout.indexer_dim(i) is None else 3
-                per_layer.append(tuple(next(buffers) for _ in range(count)))
-        cache = FixedKVCache(per_layer, position_ids, batch_index)
-        masks = attention_masks(position_ids, ctx_len, past[0].dtype, dict(self.layout.windows))
-        if self.layout.masks_by_layer_type:
-            mask = masks
-        else:  # one mask for every layer: the windowed kind if the model has one
-            mask = next((masks[t] for t, _ in self.layout.windows), masks["full_attention"])
+        per_layer = self._per_layer(past)
+        ctx_len = next((e.kv[0].shape[2] for e in per_layer if isinstance(e, LayerBuffers) and e.kv), None)
+        # Recurrent layers: one token (decode), or a prefill chunk that continues, start from their input state.
+        previous_state = input_ids.shape[1] == 1 or self.prefill_continues
+        cache = FixedCache(per_layer, position_ids, batch_index, previous_state)
+        mask = self._masks(position_ids, ctx_len, past[0].dtype)
         self._last_index = position_ids.argmax(dim=1)
         try:
             with self._implementations():

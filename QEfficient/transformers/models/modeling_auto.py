@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from QEfficient.base.modeling_qeff import QEFFBaseModel
+from QEfficient.base.modeling_qeff import GraphExport, QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
 from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
 from QEfficient.transformers.embeddings.classification import (
@@ -562,6 +562,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             **kwargs,
         )
         self.ctx_len: int | None = None
+        self._exported_for: tuple[int, int | None] | None = None  # (ctx_len, prefill_seq_len of recurrent graphs)
         self.compile_config: dict[str, Any] = {}
 
     @classmethod
@@ -573,34 +574,56 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         return self.model.model
 
     @property
-    def layout(self):  # noqa: ANN201 - KVLayout
+    def layout(self):  # noqa: ANN201 - CacheLayout
         return self.model.layout
 
-    def export(self, export_dir: str | Path | None = None, ctx_len: int | None = None) -> Path:
-        """Export the one graph that serves prefill and decode: dynamic batch and sequence, static `ctx_len`."""
+    def export(
+        self, export_dir: str | Path | None = None, ctx_len: int | None = None, prefill_seq_len: int | None = None
+    ) -> Path:
+        """Export for one `ctx_len` (static), with a dynamic batch.
+
+        A model with only KV caches gets one graph that serves prefill and decode (dynamic sequence length). A model
+        with recurrent state gets two (docs/recurrent_state.md): `prefill` for `prefill_seq_len` tokens and
+        `decode` for one (a single graph when `prefill_seq_len` is 1).
+        """
         ctx_len = ctx_len or self.ctx_len or DEFAULT_CTX_LEN
+        prefill_seq_len = prefill_seq_len or self.compile_config.get("prefill_seq_len") or 32
         self.ctx_len = ctx_len
-        batch, seq = 2, 8  # trace with S > 1: sdpa's q_len == 1 branch must not be baked into the graph
+        self._exported_for = (ctx_len, prefill_seq_len if self.model.has_recurrent_state else None)
+        if not self.model.has_recurrent_state:
+            # trace with S > 1: sdpa's q_len == 1 branch must not be baked into the graph
+            graph = self._graph_export(8, ctx_len, dynamic_seq_len=True)
+            return self._export(graph.example_inputs, graph.output_names, graph.dynamic_axes, export_dir)
+        graphs = {"decode": self._graph_export(1, ctx_len)}
+        if prefill_seq_len > 1:
+            graphs = {"prefill": self._graph_export(prefill_seq_len, ctx_len), **graphs}
+        return self._export_graphs(graphs, export_dir)
+
+    def _graph_export(self, seq: int, ctx_len: int, dynamic_seq_len: bool = False) -> GraphExport:
+        """Example inputs (batch 2: one full row, one padded row) and axes for a graph over `seq` tokens."""
+        batch = 2
         cache_batch = batch + 1 if self.continuous_batching else batch
+        valid = min(seq, 5) if dynamic_seq_len else max(1, seq // 2)
+        padded = list(range(valid)) + [-1] * (seq - valid)  # right padding (KV graph)
+        if self.model.has_recurrent_state:  # left padding (docs/recurrent_state.md)
+            padded = [-1] * (seq - valid) + list(range(valid))
+        first = [min(5, ctx_len - 1)] if seq == 1 else list(range(seq))
         inputs: dict[str, torch.Tensor] = {
             "input_ids": torch.zeros((batch, seq), dtype=torch.int64),
-            "position_ids": torch.tensor([list(range(seq)), [0, 1, 2, 3, 4, -1, -1, -1]], dtype=torch.int64),
+            "position_ids": torch.tensor([first, padded if seq > 1 else [-1]], dtype=torch.int64),
         }
         if self.continuous_batching:
             inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
-        cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
         for name, shape in self.layout.past_shapes(cache_batch, ctx_len).items():
             inputs[name] = torch.zeros(shape)
-        axes: dict[str, dict[int, str]] = {
-            "input_ids": {0: "batch_size", 1: "seq_len"},
-            "position_ids": {0: "batch_size", 1: "seq_len"},
-            "logits": {0: "batch_size"},
-        }
+        tokens = {0: "batch_size", 1: "seq_len"} if dynamic_seq_len else {0: "batch_size"}
+        axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": {0: "batch_size"}}
         if self.continuous_batching:
             axes["batch_index"] = {0: "batch_size"}
+        cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
         for name in self.model.past_names():
             axes[name] = axes[f"{name}_RetainedState"] = {0: cache_axis}
-        return self._export(inputs, self.model.output_names(), axes, export_dir=export_dir)
+        return GraphExport(inputs, self.model.output_names(), axes)
 
     def compile(
         self,
@@ -615,7 +638,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         """Compile the prefill (B x prefill_seq_len) and decode (B x 1) specialisations for one `ctx_len`.
 
         With continuous batching, prefill runs one prompt at a time (B=1) into one of `full_batch_size`
-        cache rows and decode runs all rows. Exports first if needed.
+        cache rows and decode runs all rows. Exports first if needed. A model with recurrent state has a
+        prefill and a decode graph, each compiled for its specialisation.
         """
         for name, value in (("prefill_seq_len", prefill_seq_len), ("ctx_len", ctx_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
@@ -631,8 +655,10 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             raise ValueError(
                 "full_batch_size needs the batch_index input: load with from_pretrained(..., continuous_batching=True)."
             )
-        if self.ctx_len != ctx_len or self.onnx_path is None:
-            self.export(ctx_len=ctx_len)
+        recurrent = self.model.has_recurrent_state
+        exported_for = (ctx_len, prefill_seq_len if recurrent else None)
+        if self._exported_for != exported_for or self.onnx_path is None:
+            self.export(ctx_len=ctx_len, prefill_seq_len=prefill_seq_len)
         if full_batch_size:
             specs = [
                 {"batch_size": 1, "seq_len": prefill_seq_len, "full_batch_size": full_batch_size},
@@ -641,6 +667,11 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         else:
             specs = [{"batch_size": batch_size, "seq_len": prefill_seq_len}, {"batch_size": batch_size, "seq_len": 1}]
         specs = [dict(s) for s in {tuple(s.items()): s for s in specs}.values()]  # prefill_seq_len=1: one graph
+        if recurrent:  # the graphs have static sequence lengths: each takes its own specialisation
+            specs = {
+                graph: [{k: v for k, v in spec.items() if k != "seq_len"}]
+                for graph, spec in zip(("prefill", "decode") if len(specs) == 2 else ("decode",), specs)
+            }
         self.compile_config = {
             "prefill_seq_len": prefill_seq_len,
             "ctx_len": ctx_len,
@@ -650,6 +681,33 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         program = self._compile(specs, backend=backend, compile_dir=compile_dir, **backend_options)
         self.program.load_all()  # prefill and decode both run in every generate: open them now
         return program
+
+    @property
+    def single_chunk_prefill(self) -> bool:
+        """True when each prompt must fit in one prefill chunk: the model keeps recurrent state whose prefill starts
+        from zero (Mamba-1's scan cannot continue from a stored state), and `prefill_seq_len` > 1."""
+        prefill = self.compile_config.get("prefill_seq_len", 32)
+        return self.model.has_recurrent_state and not self.model.prefill_continues and prefill > 1
+
+    def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
+        """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile
+        settings: prompt padding side, prefill chunking, EOS ids."""
+        from QEfficient.generation.text_generation import TextGenerator
+
+        if not self.compile_config:
+            raise RuntimeError("QEFFAutoModelForCausalLM is not compiled yet; call .compile(...) first.")
+        config = self.compile_config
+        return TextGenerator(
+            program or self.program,
+            tokenizer,
+            config["prefill_seq_len"],
+            config["ctx_len"],
+            config["batch_size"],
+            config["full_batch_size"],
+            self.eos_token_ids(tokenizer),
+            left_padding=self.model.has_recurrent_state,
+            single_chunk_prefill=self.single_chunk_prefill,
+        )
 
     def eos_token_ids(self, tokenizer: Any = None) -> list[int]:
         """End-of-sequence ids from the generation config, the model config and the tokenizer."""
@@ -682,21 +740,9 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         which. `streamer` is anything with `put`/`end`, such as transformers' `TextStreamer`.
         """
         from QEfficient.generation.sampling import SamplingParams
-        from QEfficient.generation.text_generation import TextGenerator
 
         tokenizer = tokenizer or self.tokenizer  # may stay None for token-id prompts
-        if not self.compile_config:
-            raise RuntimeError("QEFFAutoModelForCausalLM is not compiled yet; call .compile(...) first.")
-        config = self.compile_config
-        generator = TextGenerator(
-            self.program,
-            tokenizer,
-            config["prefill_seq_len"],
-            config["ctx_len"],
-            config["batch_size"],
-            config["full_batch_size"],
-            self.eos_token_ids(tokenizer),
-        )
+        generator = self.text_generator(tokenizer=tokenizer)
         sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         return generator.generate(prompts, generation_len, sampling, stop_strings, streamer, chat)
 

@@ -32,6 +32,4 @@ class GatheredParallelExperts(hf.JetMoeParallelExperts):
         return torch.matmul(self.weight[row_experts], inputs.unsqueeze(-1)).squeeze(-1)
 
 
-ADAPTER = Adapter(
-    "jetmoe", {hf.JetMoeTopKGating: StaticTopKGating, hf.JetMoeParallelExperts: GatheredParallelExperts}
-)
+ADAPTER = Adapter("jetmoe", {hf.JetMoeTopKGating: StaticTopKGating, hf.JetMoeParallelExperts: GatheredParallelExperts})
