@@ -144,14 +144,17 @@ class FixedLinearAttentionLayer(LinearAttentionLayer):
 
     `previous_state=False` (a prefill from zero): the layer reports no previous state, so HF runs its full-sequence
     path and stores the final state into zeros allocated by the lazy initialisation. `previous_state=True` (decode,
-    and a prefill chunk that continues): the layer holds clones of the input states, which HF updates in place.
-    `retained()` gives the states after the step; rows without a valid token keep their old state.
+    and a prefill chunk that continues): the layer holds clones of the input states, which HF updates in place; a
+    row whose sequence starts in this step (it has position 0) starts from zero instead, whatever its slot held
+    before (continuous batching reuses slots). `retained()` gives the states after the step; rows without a valid
+    token keep their old state.
     """
 
     def __init__(
         self,
         states: dict[tuple[str, int], torch.Tensor],
         row_valid: torch.Tensor,
+        row_starts: torch.Tensor,
         batch_index: torch.Tensor | None,
         previous_state: bool,
     ) -> None:
@@ -160,7 +163,8 @@ class FixedLinearAttentionLayer(LinearAttentionLayer):
         self.row_valid = row_valid
         self.old_rows = {key: _rows(buffer, batch_index) for key, buffer in states.items()}
         if previous_state:
-            for (kind, s), rows in self.old_rows.items():
+            for (kind, s), old in self.old_rows.items():
+                rows = torch.where(row_starts.view(-1, *([1] * (old.dim() - 1))), torch.zeros_like(old), old)
                 if kind == "conv":
                     self.conv_states[s] = rows.clone()
                     self.is_conv_states_initialized[s] = True
@@ -242,13 +246,14 @@ class FixedCache(Cache):
         offsets = torch.where(position_ids[0] >= 0, position_ids[0] - columns, position_ids.new_full((), -(2**62)))
         self.query_offset = offsets.max().clamp(min=-position_ids.shape[1])
         row_valid = row_has_valid.reshape(-1)
+        row_starts = (position_ids == 0).any(dim=1)
         layers: list = []
         for entry in past:
             if isinstance(entry, str):
                 layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
                 continue
             kv_args = (*(entry.kv or ()), source, slots, row_has_valid, batch_index, self.start)
-            recurrent_args = (entry.states, row_valid, batch_index, previous_state)
+            recurrent_args = (entry.states, row_valid, row_starts, batch_index, previous_state)
             if entry.kv and entry.states:
                 layers.append(FixedKVAndLinearAttentionLayer(kv_args, recurrent_args))
             elif entry.states:
