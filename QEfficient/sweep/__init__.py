@@ -22,7 +22,11 @@ CI_SLICE: dict[str, tuple[str, ...]] = {
         "gemma3",  # multimodal model, text-only
         "jetmoe",  # an adapter (expert loop) + the index_add symbolic
         "llama4_text",  # chunked attention + an adapter
-        "mamba",  # unsupported: recurrent state
+        "falcon_h1",  # recurrent state and a KV cache in one layer; chunked prefill continues from the state
+        "inkling_text",  # hybrid_sliding layers; queries numbered from cache.get_query_offset()
+        "mamba",  # recurrent state, prefill from zero in one chunk
+        "qwen3_next",  # gated delta rule: linalg_solve_triangular
+        "recurrent_gemma",  # unsupported: recurrent state outside transformers' Cache
         "mllama",  # cross-attention layers unused by text: no buffers
         "pegasus",  # positions numbered from cache.get_seq_length()
     ),
