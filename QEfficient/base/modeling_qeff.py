@@ -23,6 +23,7 @@ from torch import nn
 
 import QEfficient
 from QEfficient.backends import Program, Specialization, get_backend
+from QEfficient.base.export_patches import inline_autograd_functions
 from QEfficient.base.onnx_symbolics import register_symbolics
 from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
 from QEfficient.base.pytorch_transforms import PytorchTransform, transform_name
@@ -185,7 +186,7 @@ class QEFFBaseModel(ABC):
         opset: int,
     ) -> None:
         self.model.eval()  # the TorchScript exporter leaves submodules in train mode otherwise
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), inline_autograd_functions():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
