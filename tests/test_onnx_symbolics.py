@@ -120,3 +120,35 @@ def test_scatter_reduce_integer_amin(tmp_path: Path) -> None:
     session = export_and_session(module, inputs, {}, tmp_path / "scatter_int.onnx")
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     np.testing.assert_array_equal(got, module(*inputs.values()).numpy())
+
+
+class Strided(torch.nn.Module):
+    """Overlapping pairs of rows, as Longformer's `_chunk`, of the input or of its (non-contiguous) transpose."""
+
+    def __init__(self, transpose: bool) -> None:
+        super().__init__()
+        self.transpose = transpose
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1) if self.transpose else x * 1
+        row, col = x.stride()
+        return x.as_strided((x.shape[0] - 1, 2, x.shape[1]), (row, row, col))
+
+
+def test_as_strided_static_contiguous_matches_torch(tmp_path: Path) -> None:
+    module = Strided(transpose=False)
+    x = torch.randn(5, 3)
+    session = export_and_session(module, {"x": x}, {}, tmp_path / "strided.onnx")
+    np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], module(x).numpy())
+
+
+@pytest.mark.parametrize(
+    ("transpose", "dynamic", "reason"), [(True, False, "non-contiguous"), (False, True, "dynamic")]
+)
+def test_as_strided_refused_where_torch_would_be_silently_wrong(
+    tmp_path: Path, transpose: bool, dynamic: bool, reason: str
+) -> None:
+    """A non-contiguous input (torch's symbolic ignores the memory layout) or a dynamic shape (indices baked)."""
+    axes = {"x": {0: "rows"}} if dynamic else {}
+    with pytest.raises(Exception, match=f"as_strided.*{reason}"):
+        export_and_session(Strided(transpose), {"x": torch.randn(5, 3)}, axes, tmp_path / "strided.onnx")

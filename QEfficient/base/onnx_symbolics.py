@@ -20,6 +20,11 @@ Each is registered once before the first export. Models reach these ops through 
   (0, 1, -inf, +inf), then scatters with the ONNX reduction; "mean" divides a scattered sum by a scattered
   count. (`ScatterElements` min/max is opset 18 in the ONNX spec; torch emits it from opset 16 as well and
   ONNX Runtime runs it.)
+- `as_strided` (Longformer's overlapping sliding-window chunks): torch's symbolic gathers constant indices from
+  the input flattened in *logical* order, computed from the traced sizes and strides. That is silently wrong
+  when the input is a non-contiguous view (as_strided addresses memory, which ONNX tensors do not have) and
+  whenever the input's shape is dynamic (the indices stay those of the traced shape). Ours refuses both with
+  a clear export error and leaves the static, contiguous case to torch's symbolic.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import math
 
 import torch
 from torch.onnx import symbolic_helper
-from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset13, symbolic_opset16
+from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset9, symbolic_opset13, symbolic_opset16
 
 _registered: set[int] = set()
 
@@ -224,6 +229,37 @@ def _scatter_reduce(g, self, dim, index, src, reduce, include_self):  # noqa: AN
     return out
 
 
+def _contiguous_strides(sizes: list[int]) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]
+
+
+def _as_strided(g, self, sizes, strides, offset=None):  # noqa: ANN001, ANN202
+    dims = symbolic_helper._get_tensor_sizes(self)
+    if dims is None or any(d is None for d in dims):
+        return symbolic_helper._unimplemented(
+            "aten::as_strided",
+            "input with a dynamic shape: its sizes and strides are fixed at the traced shape, so the graph "
+            "would be right only at that shape",
+            self,
+        )
+    traced = g.original_node.inputsAt(0).type()
+    traced_sizes, traced_strides = traced.sizes(), traced.strides()
+    if traced_sizes is None or traced_strides is None:
+        return symbolic_helper._unimplemented("aten::as_strided", "input strides unknown", self)
+    expected = _contiguous_strides(traced_sizes)
+    if any(n != 1 and a != b for n, a, b in zip(traced_sizes, traced_strides, expected, strict=True)):
+        return symbolic_helper._unimplemented(
+            "aten::as_strided",
+            "input is a non-contiguous view: as_strided addresses memory, which ONNX tensors do not have",
+            self,
+        )
+    return symbolic_opset9.as_strided(g, self, sizes, strides, offset)
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -231,6 +267,7 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, opset)
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
     torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", _repeat_interleave, opset)
+    torch.onnx.register_custom_op_symbolic("aten::as_strided", _as_strided, opset)
     if opset >= 16:
         torch.onnx.register_custom_op_symbolic("aten::index_add", _index_add, opset)
         torch.onnx.register_custom_op_symbolic("aten::scatter_reduce", _scatter_reduce, opset)
