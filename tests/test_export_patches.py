@@ -1,5 +1,6 @@
-"""QEfficient/base/export_patches.py: custom autograd Functions that call submodules (Reformer's reversible
-layers) crash the TorchScript tracer; inside `inline_autograd_functions()` they export and match torch."""
+"""QEfficient/base/export_patches.py: model code the TorchScript tracer cannot record (custom autograd Functions
+calling submodules, as Reformer's reversible layers; scatter with a bool value, as AXK2's index mask) exports
+inside the patches and matches torch in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from QEfficient.base.export_patches import inline_autograd_functions
+from QEfficient.base.export_patches import export_patches, inline_autograd_functions
 
 
 class Reversible(torch.autograd.Function):
@@ -66,3 +67,25 @@ def test_apply_is_restored_and_untouched_outside_tracing() -> None:
         y = model(torch.randn(2, 8, requires_grad=True))  # not tracing: the ordinary apply, with its backward
         assert type(y.grad_fn).__name__ == "ReversibleBackward"
     assert torch.autograd.Function.__dict__["apply"] is original
+
+
+class BoolScatter(torch.nn.Module):
+    """AXK2's index mask: `ones(..., dtype=bool).scatter(-1, idx, False)`."""
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        keep = x.new_ones(x.shape, dtype=torch.bool).scatter(-1, index, False)
+        return x.masked_fill(~keep, -1.0)
+
+
+def test_scatter_with_a_bool_value_exports_and_matches(tmp_path: Path) -> None:
+    x, index = torch.randn(2, 6), torch.tensor([[0, 3], [5, 5]])
+    original = torch.Tensor.scatter
+    with torch.no_grad(), export_patches(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            BoolScatter(), (x, index), str(tmp_path / "scatter.onnx"), input_names=["x", "index"], dynamo=False
+        )
+    session = ort.InferenceSession(str(tmp_path / "scatter.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy(), "index": index.numpy()})[0]
+    np.testing.assert_array_equal(got, BoolScatter()(x, index).numpy())
+    assert torch.Tensor.scatter is original

@@ -7,6 +7,10 @@
   while tracing with gradients off, `apply` runs `forward` directly (with a stand-in `ctx`) and the tracer
   records its ops inline, as the exporter's own `autograd_inlining` would. A Function that defines a
   `symbolic` (its own ONNX export) keeps the ordinary `apply`.
+- `Tensor.scatter(dim, index, value)` with a Python bool `value` (AXK2's top-k index mask,
+  `ones(..., dtype=bool).scatter(-1, idx, False)`): the tracer records it with a `bool` argument that no
+  `aten::scatter` schema takes and fails an INTERNAL ASSERT in alias analysis. While tracing, the bool is passed
+  as the int 0 or 1, which scatter casts to the tensor's dtype exactly as it casts the bool.
 """
 
 from __future__ import annotations
@@ -37,6 +41,36 @@ class _InferenceCtx:
 
     def set_materialize_grads(self, value: bool) -> None:
         pass
+
+
+@contextlib.contextmanager
+def export_patches() -> Iterator[None]:
+    """Every patch above, for the duration of one export."""
+    with inline_autograd_functions(), scatter_bool_values_as_int():
+        yield
+
+
+@contextlib.contextmanager
+def scatter_bool_values_as_int() -> Iterator[None]:
+    """Within the block, a Python bool argument of `scatter` / `scatter_` becomes an int while tracing."""
+    originals = {name: getattr(torch.Tensor, name) for name in ("scatter", "scatter_")}
+
+    def patched(original: Any) -> Any:
+        def scatter(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if torch.jit.is_tracing():
+                args = tuple(int(a) if isinstance(a, bool) else a for a in args)
+                kwargs = {k: int(v) if isinstance(v, bool) else v for k, v in kwargs.items()}
+            return original(self, *args, **kwargs)
+
+        return scatter
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, patched(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 @contextlib.contextmanager
