@@ -25,6 +25,7 @@ from torch import nn
 import QEfficient
 from QEfficient.backends import Program, Specialization, get_backend
 from QEfficient.backends.base import MultiGraphProgram
+from QEfficient.base.export_patches import export_patches
 from QEfficient.base.onnx_symbolics import register_symbolics
 from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
 from QEfficient.base.pytorch_transforms import PytorchTransform, transform_name
@@ -221,7 +222,7 @@ class QEFFBaseModel(ABC):
         opset: int,
     ) -> None:
         self.model.eval()  # the TorchScript exporter leaves submodules in train mode otherwise
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), export_patches():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")

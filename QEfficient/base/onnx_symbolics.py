@@ -17,13 +17,31 @@ Each is registered once before the first export. Models reach these ops through 
   It is exported for unit-triangular systems, A = I + N with N strictly triangular and so nilpotent:
   A^-1 = sum_k (-N)^k = prod_j (I + (-N)^(2^j)), ceil(log2 n) squarings (up to n = 256 when the size is
   unknown at export; powers beyond n are exactly zero).
+- `torch.fft.fftn` / `torch.fft.fft` followed by `.real` / `.imag` (FNet's token mixing): missing, and ONNX has
+  no complex tensors. Ours is an exact DFT in real arithmetic: along each transformed axis it multiplies by
+  cos/sin matrices of 2*pi*k*n/N built from the *runtime* length N (Range, Mod, Cos, Sin), so a dynamic seq
+  axis stays dynamic; the complex result is carried as a trailing (real, imag) axis of size 2 that only
+  `aten::real` / `aten::imag` (ours too) or a further fft may consume, checked at export time. (ONNX's DFT
+  op would do, but fewer runtimes implement it than MatMul.)
+- `scatter_reduce` with `include_self=False` or `reduce="mean"` (TAPAS's segment min/max/mean): torch's
+  symbolic refuses both. Ours first overwrites the positions the indices reach with the reduction's identity
+  (0, 1, -inf, +inf), then scatters with the ONNX reduction; "mean" divides a scattered sum by a scattered
+  count. (`ScatterElements` min/max is opset 18 in the ONNX spec; torch emits it from opset 16 as well and
+  ONNX Runtime runs it.)
+- `as_strided` (Longformer's overlapping sliding-window chunks): torch's symbolic gathers constant indices from
+  the input flattened in *logical* order, computed from the traced sizes and strides. That is silently wrong
+  when the input is a non-contiguous view (as_strided addresses memory, which ONNX tensors do not have) and
+  whenever the input's shape is dynamic (the indices stay those of the traced shape). Ours refuses both with
+  a clear export error and leaves the static, contiguous case to torch's symbolic.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.onnx import symbolic_helper
-from torch.onnx._internal.torchscript_exporter import symbolic_opset13
+from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset9, symbolic_opset13, symbolic_opset16
 
 _registered: set[int] = set()
 
@@ -100,6 +118,185 @@ def _solve_triangular(g, a, b, upper, left, unitriangular):  # noqa: ANN001, ANN
     return g.op("MatMul", inverse, b) if left else g.op("MatMul", b, inverse)
 
 
+_FFT_OPS = ("aten::fft_fft", "aten::fft_fftn")
+_COMPLEX_PARTS = ("aten::real", "aten::imag")
+
+
+def _const(g, value, dtype: torch.dtype = torch.int64):  # noqa: ANN001, ANN202
+    return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+
+def _dft_matrices(g, x, axis: int):  # noqa: ANN001, ANN202
+    """cos(2*pi*k*n/N) and sin(2*pi*k*n/N) for the runtime length N of `x` along `axis` (and N itself).
+    k*n is reduced mod N in integers and the angle computed in double, so the matrices are exact to x's dtype."""
+    n_len = g.op("Gather", g.op("Shape", x), _const(g, axis), axis_i=0)
+    n = g.op("Range", _const(g, 0), n_len, _const(g, 1))
+    kn = g.op("Mod", g.op("Mul", g.op("Unsqueeze", n, _const(g, [1])), g.op("Unsqueeze", n, _const(g, [0]))), n_len)
+    kn = g.op("Cast", kn, to_i=_type_utils.JitScalarType.DOUBLE.onnx_type())
+    two_pi = _const(g, 2 * math.pi, torch.float64)
+    angle = g.op("Div", g.op("Mul", kn, two_pi), g.op("Cast", n_len, to_i=_type_utils.JitScalarType.DOUBLE.onnx_type()))
+    return g.op("CastLike", g.op("Cos", angle), x), g.op("CastLike", g.op("Sin", angle), x), n_len
+
+
+def _matmul_along(g, matrix, x, axis: int, rank: int):  # noqa: ANN001, ANN202
+    """`matrix` (symmetric, N x N) applied to `x` along `axis`."""
+    if axis == rank - 1:
+        return g.op("MatMul", x, matrix)
+    if axis == rank - 2:
+        return g.op("MatMul", matrix, x)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = g.op("MatMul", g.op("Transpose", x, perm_i=perm), matrix)
+    return g.op("Transpose", moved, perm_i=perm)
+
+
+def _fft(g, x, dims: list[int] | None, norm: str | None, name: str):  # noqa: ANN001, ANN202
+    """Forward DFT of `x` over `dims`; returns (real, imag) stacked on a new trailing axis."""
+    source = g.original_node.inputsAt(0)
+    complex_input = symbolic_helper.is_complex_value(source)
+    if complex_input and source.node().kind() not in _FFT_OPS:
+        return symbolic_helper._unimplemented(name, f"complex input from {source.node().kind()}", x)
+    for use in g.original_node.output().uses():
+        if use.user.kind() not in (*_COMPLEX_PARTS, *_FFT_OPS):
+            return symbolic_helper._unimplemented(name, f"complex result used by {use.user.kind()}", x)
+    if norm not in (None, "backward", "ortho", "forward"):
+        return symbolic_helper._unimplemented(name, f"norm={norm!r}", x)
+    rank = symbolic_helper._get_tensor_rank(x)
+    if rank is None:
+        return symbolic_helper._unimplemented(name, "input rank unknown", x)
+    if complex_input:  # our own (real, imag) pair from an earlier fft
+        rank -= 1
+        re = g.op("Gather", x, _const(g, 0), axis_i=-1)
+        im = g.op("Gather", x, _const(g, 1), axis_i=-1)
+    else:
+        re = x if symbolic_helper._is_fp(x) else g.op("Cast", x, to_i=_type_utils.JitScalarType.FLOAT.onnx_type())
+        im = None
+    axes = sorted({d % rank for d in dims}) if dims else list(range(rank))
+    count = None
+    for axis in axes:
+        cos, sin, n_len = _dft_matrices(g, re, axis)
+        # (C - iS)(re + i im) = (C re + S im) + i (C im - S re)
+        c_re, s_re = _matmul_along(g, cos, re, axis, rank), _matmul_along(g, sin, re, axis, rank)
+        if im is None:
+            re, im = c_re, g.op("Neg", s_re)
+        else:
+            re, im = (
+                g.op("Add", c_re, _matmul_along(g, sin, im, axis, rank)),
+                g.op("Sub", _matmul_along(g, cos, im, axis, rank), s_re),
+            )
+        count = n_len if count is None else g.op("Mul", count, n_len)
+    if norm in ("ortho", "forward") and count is not None:
+        scale = g.op("CastLike", count, re)
+        scale = g.op("Sqrt", scale) if norm == "ortho" else scale
+        re, im = g.op("Div", re, scale), g.op("Div", im, scale)
+    last = _const(g, [-1])
+    return g.op("Concat", g.op("Unsqueeze", re, last), g.op("Unsqueeze", im, last), axis_i=-1)
+
+
+@symbolic_helper.parse_args("v", "is", "is", "s")
+def _fft_fftn(g, x, s, dim, norm):  # noqa: ANN001, ANN202
+    if s:
+        return symbolic_helper._unimplemented("aten::fft_fftn", "s (padding or trimming)", x)
+    return _fft(g, x, dim, norm, "aten::fft_fftn")
+
+
+@symbolic_helper.parse_args("v", "v", "i", "s")
+def _fft_fft(g, x, n, dim, norm):  # noqa: ANN001, ANN202
+    if not symbolic_helper._is_none(n):
+        return symbolic_helper._unimplemented("aten::fft_fft", "n (padding or trimming)", x)
+    return _fft(g, x, [dim], norm, "aten::fft_fft")
+
+
+def _complex_part(index: int, name: str):  # noqa: ANN202
+    def symbolic(g, self):  # noqa: ANN001, ANN202
+        source = g.original_node.inputsAt(0)
+        if not symbolic_helper.is_complex_value(source):
+            if index == 0:
+                return self  # .real of a real tensor
+            return symbolic_helper._unimplemented(name, "imag of a real tensor", self)
+        if source.node().kind() not in _FFT_OPS:
+            return symbolic_helper._unimplemented(name, f"complex value from {source.node().kind()}", self)
+        return g.op("Gather", self, _const(g, index), axis_i=-1)
+
+    return symbolic
+
+
+_SCATTER_REDUCTIONS = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min", "mean": "add"}
+
+
+def _reduction_identity(reduce: str, dtype: torch.dtype) -> float | int:
+    if reduce in ("sum", "mean"):
+        return 0
+    if reduce == "prod":
+        return 1
+    if dtype.is_floating_point:
+        return -math.inf if reduce == "amax" else math.inf
+    return torch.iinfo(dtype).min if reduce == "amax" else torch.iinfo(dtype).max
+
+
+@symbolic_helper.parse_args("v", "i", "v", "v", "s", "b")
+def _scatter_reduce(g, self, dim, index, src, reduce, include_self):  # noqa: ANN001, ANN202
+    rank = symbolic_helper._get_tensor_rank(self)
+    scalar = _type_utils.JitScalarType.from_value(self, _type_utils.JitScalarType.UNDEFINED)
+    if (include_self and reduce != "mean") or not rank or scalar == _type_utils.JitScalarType.UNDEFINED:
+        return symbolic_opset16.scatter_reduce(g, self, dim, index, src, reduce, include_self)
+    if reduce not in _SCATTER_REDUCTIONS:
+        return symbolic_helper._unimplemented("aten::scatter_reduce", f"reduce={reduce!r}", self)
+    dtype = scalar.dtype()
+    if dtype == torch.bool or (reduce == "mean" and not dtype.is_floating_point):
+        return symbolic_helper._unimplemented("aten::scatter_reduce", "bool, or integer mean", self)
+    dim = dim % rank
+    # ScatterElements wants updates shaped like the indices; torch reads src only where index has entries
+    index_shape = g.op("Shape", index)
+    src = g.op("Slice", src, _const(g, [0] * rank), index_shape, _const(g, list(range(rank))))
+    zeros = g.op("ConstantOfShape", g.op("Shape", self), value_t=torch.tensor([0], dtype=torch.int64))
+    ones = g.op("ConstantOfShape", index_shape, value_t=torch.tensor([1], dtype=torch.int64))
+    count = g.op("ScatterElements", zeros, index, ones, axis_i=dim, reduction_s="add")
+    reached = g.op("Greater", count, _const(g, 0))
+    base = self
+    if not include_self:
+        identity = g.op("Constant", value_t=torch.tensor(_reduction_identity(reduce, dtype), dtype=dtype))
+        base = g.op("Where", reached, identity, self)
+    out = g.op("ScatterElements", base, index, src, axis_i=dim, reduction_s=_SCATTER_REDUCTIONS[reduce])
+    if reduce == "mean":
+        if include_self:
+            count = g.op("Add", count, _const(g, 1))
+        divisor = g.op("CastLike", g.op("Max", count, _const(g, 1)), out)
+        out = g.op("Where", reached, g.op("Div", out, divisor), self)
+    return out
+
+
+def _contiguous_strides(sizes: list[int]) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]
+
+
+def _as_strided(g, self, sizes, strides, offset=None):  # noqa: ANN001, ANN202
+    dims = symbolic_helper._get_tensor_sizes(self)
+    if dims is None or any(d is None for d in dims):
+        return symbolic_helper._unimplemented(
+            "aten::as_strided",
+            "input with a dynamic shape: its sizes and strides are fixed at the traced shape, so the graph "
+            "would be right only at that shape",
+            self,
+        )
+    traced = g.original_node.inputsAt(0).type()
+    traced_sizes, traced_strides = traced.sizes(), traced.strides()
+    if traced_sizes is None or traced_strides is None:
+        return symbolic_helper._unimplemented("aten::as_strided", "input strides unknown", self)
+    expected = _contiguous_strides(traced_sizes)
+    if any(n != 1 and a != b for n, a, b in zip(traced_sizes, traced_strides, expected, strict=True)):
+        return symbolic_helper._unimplemented(
+            "aten::as_strided",
+            "input is a non-contiguous view: as_strided addresses memory, which ONNX tensors do not have",
+            self,
+        )
+    return symbolic_opset9.as_strided(g, self, sizes, strides, offset)
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -110,6 +307,12 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::copy", _copy, opset)
     torch.onnx.register_custom_op_symbolic("aten::permute", _permute, opset)
     torch.onnx.register_custom_op_symbolic("aten::linalg_solve_triangular", _solve_triangular, opset)
+    torch.onnx.register_custom_op_symbolic("aten::as_strided", _as_strided, opset)
     if opset >= 16:
         torch.onnx.register_custom_op_symbolic("aten::index_add", _index_add, opset)
+        torch.onnx.register_custom_op_symbolic("aten::scatter_reduce", _scatter_reduce, opset)
+    torch.onnx.register_custom_op_symbolic("aten::fft_fftn", _fft_fftn, opset)
+    torch.onnx.register_custom_op_symbolic("aten::fft_fft", _fft_fft, opset)
+    torch.onnx.register_custom_op_symbolic("aten::real", _complex_part(0, "aten::real"), opset)
+    torch.onnx.register_custom_op_symbolic("aten::imag", _complex_part(1, "aten::imag"), opset)
     _registered.add(opset)

@@ -2,9 +2,9 @@
 
 The wrappers (`CausalLMForExport`, `ClassifierForExport`) run the user's HF model with an attention function,
 a mixture-of-experts implementation and an adapter that export well, and put the model back as it was
-after every call: the HF model stays the untouched reference that validation compares against. Two more
-shims make HF code that assumes eager, 2-D-mask execution traceable, again only for the duration of a call:
-`alibi_from_4d_masks` and `traceable_bool_scatter`.
+after every call: the HF model stays the untouched reference that validation compares against. One more
+shim makes HF code that assumes eager, 2-D-mask execution traceable, again only for the duration of a call:
+`alibi_from_4d_masks`. (Tracer patches that every export needs are in `QEfficient/base/export_patches.py`.)
 """
 
 from __future__ import annotations
@@ -79,25 +79,3 @@ def alibi_from_4d_masks(model: nn.Module) -> Iterator[None]:
     finally:
         for mod, build in patched:
             mod.build_alibi_tensor = build
-
-
-@contextlib.contextmanager
-def traceable_bool_scatter() -> Iterator[None]:
-    """`Tensor.scatter(dim, index, True/False)`, a Python bool as the value (how sparse-attention models build
-    their top-k masks), stops the TorchScript tracer: no `aten::scatter` schema takes a bool scalar (an internal
-    assert in alias analysis). For one call, such a value is passed as a tensor of that value instead (the
-    same result)."""
-    scatter = torch.Tensor.scatter
-
-    def traceable_scatter(self, dim, index, *args, **kwargs):  # noqa: ANN001, ANN202 - torch's signature
-        values = [*args, *kwargs.values()]
-        if len(values) == 1 and isinstance(values[0], bool) and set(kwargs) <= {"value"}:
-            fill = torch.ones_like if values[0] else torch.zeros_like  # full_like trips over a bool too
-            return scatter(self, dim, index, fill(index, dtype=self.dtype))
-        return scatter(self, dim, index, *args, **kwargs)
-
-    torch.Tensor.scatter = traceable_scatter
-    try:
-        yield
-    finally:
-        torch.Tensor.scatter = scatter

@@ -39,7 +39,6 @@ from QEfficient.transformers.implementations import (
     alibi_from_4d_masks,
     applied,
     exportable_experts,
-    traceable_bool_scatter,
 )
 from QEfficient.transformers.models.adapters import NOT_SUPPORTED, adapter_for
 
@@ -335,12 +334,10 @@ class CausalLMForExport(nn.Module):
 
     @contextlib.contextmanager
     def _implementations(self) -> Iterator[None]:
-        """The attention, experts and adapter choices (and ALiBi on the 4-D mask, traceable bool scatters), for the
-        duration of a call."""
+        """The attention, experts and adapter choices (and ALiBi on the 4-D mask), for the duration of a call."""
         with (
             applied(self.model, self.attention, self.experts, self.adapter),
             alibi_from_4d_masks(self.model),
-            traceable_bool_scatter(),
         ):
             yield
 
