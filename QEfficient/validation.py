@@ -128,7 +128,10 @@ def validate(
         return True
 
     def onnx_runtime() -> np.ndarray:
-        onnx_path = model.onnx_path or model.export()
+        onnx_path = model.export()
+        if not model.graph_holds_any_shape:  # the static graph of this batch's shape
+            batch, seq = input_ids.shape
+            onnx_path = model.export_static([(batch, seq)])[f"b{batch}_s{seq}"]
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 

@@ -14,6 +14,7 @@ import logging
 import shutil
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -96,6 +97,7 @@ class QEFFBaseModel(ABC):
         self.hash_kwargs = dict(kwargs)
         self.onnx_path: Path | None = None
         self.onnx_paths: dict[str, Path] = {}
+        self.export_checks: dict[str, Any] = {}
         self.export_hash: str | None = None
         self.program_path: Path | None = None
         self._program: Program | None = None
@@ -147,18 +149,26 @@ class QEFFBaseModel(ABC):
         dynamic_axes: dict[str, dict[int, str]],
         export_dir: str | Path | None = None,
         opset: int = DEFAULT_OPSET,
+        check: Callable[[dict[str, Path]], dict[str, Any]] | None = None,
     ) -> Path:
         """Export one graph (`model.onnx`); see `_export_graphs`."""
         graph = GraphExport(example_inputs, output_names, dynamic_axes)
-        return self._export_graphs({SINGLE_GRAPH: graph}, export_dir, opset)
+        return self._export_graphs({SINGLE_GRAPH: graph}, export_dir, opset, check)
 
     def _export_graphs(
-        self, graphs: dict[str, GraphExport], export_dir: str | Path | None = None, opset: int = DEFAULT_OPSET
+        self,
+        graphs: dict[str, GraphExport],
+        export_dir: str | Path | None = None,
+        opset: int = DEFAULT_OPSET,
+        check: Callable[[dict[str, Path]], dict[str, Any]] | None = None,
     ) -> Path:
         """Export the wrapped module as one or more named graphs into one cached directory (`{name}.onnx`, with
         its weights in `{name}.onnx.data`); several graphs are traced from the same module at different example
         shapes (e.g. the prefill and decode graphs of a model with recurrent state). Returns the first graph's
-        path; `onnx_paths` has them all."""
+        path; `onnx_paths` has them all.
+
+        `check(paths)` runs on the fresh graphs before the export is cached; what it returns is kept in the
+        manifest (`export_checks`), so a cached export is not checked again."""
         params = {
             **self._model_identity(),
             "graphs": {
@@ -204,13 +214,22 @@ class QEFFBaseModel(ABC):
                     size_threshold=1024,
                 )
             first = next(iter(files.values()))
-            return {"kind": "export", "export_hash": export_hash, "hash_params": params, "onnx": first, "graphs": files}
+            checks = check({name: tmp / file for name, file in files.items()}) if check else {}
+            return {
+                "kind": "export",
+                "export_hash": export_hash,
+                "hash_params": params,
+                "onnx": first,
+                "graphs": files,
+                "checks": checks,
+            }
 
         directory, manifest = build_artifact(directory, build, description="ONNX export")
         files = manifest.get("graphs") or {SINGLE_GRAPH: manifest["onnx"]}
         self.onnx_paths = {name: directory / file for name, file in files.items()}
         self.onnx_path = directory / manifest["onnx"]
         self.export_hash = manifest["export_hash"]
+        self.export_checks = manifest.get("checks", {})
         return self.onnx_path
 
     def _torch_export(

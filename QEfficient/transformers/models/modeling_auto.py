@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from QEfficient.base.modeling_qeff import GraphExport, QEFFBaseModel
+from QEfficient.base.modeling_qeff import SINGLE_GRAPH, GraphExport, QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform, PytorchTransform, transform_name
 from QEfficient.transformers.embeddings.batching import pad_to_shape, plan_batches, smallest_fit
 from QEfficient.transformers.embeddings.classification import (
@@ -31,10 +32,12 @@ from QEfficient.transformers.models.registry import (
     check_sequence_classification_supported,
     is_encoder_config,
 )
+from QEfficient.utils.errors import first_line
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEQ_LENS = (32, 128, 512)
+PROBE_SHAPE = (3, 13)  # (batch, length) at which a fresh dynamic graph is checked: unlike the traced (2, 8)
 DEFAULT_CTX_LEN = 128
 
 
@@ -74,6 +77,8 @@ class QEFFTransformersBase(QEFFBaseModel):
         self.tokenizer: PreTrainedTokenizerBase | None = kwargs.pop("tokenizer", None)
         extra = kwargs.pop("extra_pytorch_transforms", None) or [PoolingTransform()]
         super().__init__(model, extra_pytorch_transforms=extra, **kwargs)
+        self.shape_check: dict[str, Any] = {}  # the dynamic graph's check at another shape (`export`)
+        self.shape_specializations: list[dict[str, int | None]] = []  # the compiled (batch_size, seq_len) pairs
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
@@ -138,17 +143,27 @@ class QEFFTransformersBase(QEFFBaseModel):
     def output_name(self) -> str:
         return "last_hidden_state" if getattr(self.model, "pooling", None) is None else "sentence_embedding"
 
+    def _example_batch(self, batch: int, seq: int) -> dict[str, torch.Tensor]:
+        """A padded example batch: every row full but the last, which is padded with the pad id after
+        max(1, 5 * seq // 8) tokens (so that tracing keeps the attention-mask path; all-ones masks may be
+        dropped)."""
+        input_ids = torch.full((batch, seq), 5, dtype=torch.int64)
+        attention_mask = torch.ones((batch, seq), dtype=torch.int64)
+        valid = max(1, 5 * seq // 8)
+        attention_mask[-1, valid:] = 0
+        input_ids[-1, valid:] = self._pad_token_id()
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def export(self, export_dir: str | Path | None = None) -> Path:
-        """Export `(input_ids, attention_mask) -> output` with dynamic batch and sequence (cached)."""
-        # A padded example, so that tracing keeps the attention-mask path (all-ones masks may be dropped);
-        # padding positions hold the pad id, as at run time.
-        input_ids = torch.full((2, 8), 5, dtype=torch.int64)
-        attention_mask = torch.ones((2, 8), dtype=torch.int64)
-        attention_mask[1, 5:] = 0
-        input_ids[1, 5:] = self._pad_token_id()
+        """Export `(input_ids, attention_mask) -> output` with dynamic batch and sequence (cached).
+
+        The fresh graph is run once at a shape other than the traced one and compared with the PyTorch module
+        (`graph_holds_any_shape`): a model whose Python code fixes shapes at trace time (a loop over the batch, a
+        padding length computed in Python) then gets one static graph per compiled shape instead.
+        """
         output_axes = {0: "batch_size", 1: "seq_len"} if self.output_name == "last_hidden_state" else {0: "batch_size"}
-        return self._export(
-            {"input_ids": input_ids, "attention_mask": attention_mask},
+        path = self._export(
+            self._example_batch(2, 8),
             output_names=[self.output_name],
             dynamic_axes={
                 "input_ids": {0: "batch_size", 1: "seq_len"},
@@ -156,7 +171,49 @@ class QEFFTransformersBase(QEFFBaseModel):
                 self.output_name: output_axes,
             },
             export_dir=export_dir,
+            check=self._check_other_shape,
         )
+        self.shape_check = dict(self.export_checks)
+        return path
+
+    def _check_other_shape(self, paths: dict[str, Path]) -> dict[str, Any]:
+        """Run the dynamic graph at a batch and length unlike the traced (2, 8) and compare with PyTorch."""
+        limit = max_sequence_length(getattr(self.hf_model, "config", None)) or PROBE_SHAPE[1]
+        batch = self._example_batch(PROBE_SHAPE[0], min(PROBE_SHAPE[1], limit))
+        try:
+            with torch.no_grad():
+                expected = self.model(*batch.values()).numpy()
+            session = ort.InferenceSession(str(next(iter(paths.values()))), providers=["CPUExecutionProvider"])
+            got = session.run(None, {name: t.numpy() for name, t in batch.items()})[0]
+            mask = batch["attention_mask"].numpy().astype(bool)
+            if expected.ndim == 3:
+                got, expected = got[mask], expected[mask]
+            diff = float(np.max(np.abs(got - expected)))
+            holds = diff <= 1e-3 * max(1.0, float(np.max(np.abs(expected))))
+            reason = f"max |diff| {diff:.3g} from PyTorch at shape {tuple(batch['input_ids'].shape)}"
+        except Exception as exc:  # noqa: BLE001 - any failure: the graph does not hold at that shape
+            holds, reason = False, f"{first_line(exc)} at shape {tuple(batch['input_ids'].shape)}"
+        if not holds:
+            logger.warning(
+                "%s's exported graph holds only at its traced shape (%s); each compiled shape gets its own static "
+                "graph.",
+                self.model_name,
+                reason,
+            )
+        return {"graph_holds_any_shape": holds, "reason": reason}
+
+    @property
+    def graph_holds_any_shape(self) -> bool:
+        """False when the dynamic graph failed its check at another shape (see `export`)."""
+        return bool(self.shape_check.get("graph_holds_any_shape", True))
+
+    def export_static(self, shapes: Sequence[tuple[int, int]]) -> dict[str, Path]:
+        """Export one static graph per (batch_size, seq_len), named `b{batch}_s{seq}` (cached); returns their paths."""
+        graphs = {
+            f"b{b}_s{s}": GraphExport(self._example_batch(b, s), [self.output_name], {}) for b, s in sorted(set(shapes))
+        }
+        self._export_graphs(graphs)
+        return self.onnx_paths
 
     def compile(
         self,
@@ -170,14 +227,24 @@ class QEFFTransformersBase(QEFFBaseModel):
 
         `seq_len` defaults to 32, 128 and 512 (capped at the model's limit). `seq_len="dynamic"` leaves the
         sequence dimension free on backends that allow it (ONNX Runtime): each batch is then padded only to
-        its longest input, as sentence-transformers does. Returns the program directory.
+        its longest input, as sentence-transformers does. Returns the program directory. Exports first if needed;
+        a model whose graph holds only at its traced shape gets one static graph per pair.
         """
         limit = max_sequence_length(getattr(self.hf_model, "config", None))
         if seq_len is None:
             seq_len = sorted({min(s, limit) for s in DEFAULT_SEQ_LENS} if limit else DEFAULT_SEQ_LENS)
         batch_sizes = _as_sizes(batch_size, "batch_size")
+        if self.onnx_path is None or SINGLE_GRAPH not in self.onnx_paths:
+            self.export()
         if seq_len == "dynamic":
+            if not self.graph_holds_any_shape:
+                raise ValueError(
+                    f"{self.model_name}'s exported graph holds only at its traced shape "
+                    f"({self.shape_check.get('reason')}), so it cannot run with a dynamic seq_len; compile fixed "
+                    "seq_len values (each gets its own static graph)."
+                )
             specializations = [{"batch_size": b, "seq_len": None} for b in batch_sizes]
+            self.shape_specializations = specializations
             return self._compile(specializations, backend=backend, compile_dir=compile_dir, **backend_options)
         seq_lens = _as_sizes(seq_len, "seq_len")
         if limit is not None and max(seq_lens) > limit:
@@ -188,21 +255,31 @@ class QEFFTransformersBase(QEFFBaseModel):
                 len(seq_lens) * len(batch_sizes),
             )
         specializations = [{"batch_size": b, "seq_len": s} for b in batch_sizes for s in seq_lens]
-        return self._compile(specializations, backend=backend, compile_dir=compile_dir, **backend_options)
+        self.shape_specializations = specializations
+        if self.graph_holds_any_shape:
+            return self._compile(specializations, backend=backend, compile_dir=compile_dir, **backend_options)
+        self.export_static([(b, s) for b in batch_sizes for s in seq_lens])
+        per_graph = {name: [{}] for name in self.onnx_paths}  # static graphs: no symbolic dimension to set
+        return self._compile(per_graph, backend=backend, compile_dir=compile_dir, **backend_options)
 
     @property
     def compiled_seq_lens(self) -> list[int]:
         """The compiled sequence lengths; a dynamic one counts as the model's maximum length."""
         limit = max_sequence_length(getattr(self.hf_model, "config", None)) or DEFAULT_SEQ_LENS[-1]
-        return sorted({limit if spec["seq_len"] is None else spec["seq_len"] for spec in self.program.specializations})
+        return sorted({limit if spec["seq_len"] is None else spec["seq_len"] for spec in self._shapes()})
 
     @property
     def dynamic_seq_len(self) -> bool:
-        return any(spec["seq_len"] is None for spec in self.program.specializations)
+        return any(spec["seq_len"] is None for spec in self._shapes())
 
     @property
     def compiled_batch_sizes(self) -> list[int]:
-        return sorted({spec["batch_size"] for spec in self.program.specializations})
+        return sorted({spec["batch_size"] for spec in self._shapes()})
+
+    def _shapes(self) -> list[dict[str, int | None]]:
+        """The compiled (batch_size, seq_len) pairs."""
+        self.program  # noqa: B018 - a clear error when not compiled
+        return self.shape_specializations
 
     # ---- running -----------------------------------------------------------------------------------
 
