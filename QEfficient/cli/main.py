@@ -82,11 +82,19 @@ def _load(args: argparse.Namespace):  # noqa: ANN202 - QEFFAutoModel
     return QEFFAutoModel.from_pretrained(model_path, pooling=pooling, normalize=bool(normalize))
 
 
-def _export(model) -> Path:  # noqa: ANN001
+def _export(model) -> str:  # noqa: ANN001
     from QEfficient.utils.progress import progress
 
     with progress("Exporting ONNX graph"):
-        return model.export()
+        model.export()
+    return _graphs(model)
+
+
+def _graphs(model) -> str:  # noqa: ANN001
+    """The exported graph's path, or each graph's name and path (prefill/decode of a model with recurrent state)."""
+    if len(model.onnx_paths) <= 1:
+        return str(model.onnx_path)
+    return ", ".join(f"{name} {path}" for name, path in model.onnx_paths.items())
 
 
 def _compile(model, args: argparse.Namespace) -> Path:  # noqa: ANN001
@@ -106,7 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     model = _load(args)
     program = _compile(model, args)
-    print(f"onnx: {model.onnx_path}\nprogram: {program}")
+    print(f"onnx: {_graphs(model)}\nprogram: {program}")
     return 0
 
 
@@ -139,7 +147,7 @@ def cmd_execute(args: argparse.Namespace, show_similarity: bool = False) -> int:
     else:
         for text, vector in zip(texts, embeddings):
             print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}))
-    print(f"encoded {len(texts)} sentences in {elapsed * 1000:.1f} ms\nonnx: {model.onnx_path}\nprogram: {program}")
+    print(f"encoded {len(texts)} sentences in {elapsed * 1000:.1f} ms\nonnx: {_graphs(model)}\nprogram: {program}")
     return 0
 
 
@@ -160,7 +168,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     with progress("Validating HF vs transformed vs ONNX Runtime vs compiled"):
         report = validate(model, **texts, seq_len=args.seq_len, atol=args.atol)
     print(report.table())
-    print(f"onnx: {model.onnx_path}\nprogram: {model.program_path}")
+    print(f"onnx: {_graphs(model)}\nprogram: {model.program_path}")
     return 0 if report.passed else 1
 
 
@@ -262,7 +270,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     else:
         print(f"(stopped: {out.finish_reasons[0]})")
     print(out.perf_metrics)
-    print(f"onnx: {model.onnx_path}\nprogram: {program}")
+    print(f"onnx: {_graphs(model)}\nprogram: {program}")
     return 0
 
 
