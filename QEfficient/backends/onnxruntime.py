@@ -6,12 +6,17 @@ serves every specialisation, so the weights (and ORT's pre-packed copies of them
 dimensions that all specialisations give the same size are pinned in that session as free-dimension
 overrides; those that differ (e.g. `seq_len`: prefill P, decode 1) stay symbolic. The program still accepts
 only the compiled shapes: `run` checks every input against the specialisations first.
+
+Options: `optimization_level` (offline, default "extended"), `session_optimization_level` (default "all"),
+`providers`, and weight quantisation (`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" |
+"int4"), `block_size` (32), `accuracy_level` (4), `symmetric` (True).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,19 @@ import onnx
 import onnxruntime as ort
 
 from QEfficient.backends.base import Backend, Program, Specialization, check_specializations
+from QEfficient.backends.quantization import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BLOCK_SIZE,
+    check_weight_options,
+    quantize_weights,
+)
 
 logger = logging.getLogger(__name__)
 
 PROGRAM_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
+_OPTIONS = ("optimization_level", "session_optimization_level", "providers")
+QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric")
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -158,11 +171,25 @@ class OnnxRuntimeBackend(Backend):
             "optimization_level": "extended",
             "session_optimization_level": "all",
             "providers": default_providers(),
+            "weights": "fp32",
             **options,
         }
         for key in ("optimization_level", "session_optimization_level"):
             if options[key] not in _LEVELS:
                 raise ValueError(f"{key} must be one of {list(_LEVELS)}; got {options[key]!r}.")
+        unknown = set(options) - {*_OPTIONS, *QUANTIZATION_OPTIONS}
+        if unknown:
+            raise ValueError(
+                f"Unknown ONNX Runtime compile option(s) {sorted(unknown)}; the options are "
+                f"{', '.join([*_OPTIONS, *QUANTIZATION_OPTIONS])}."
+            )
+        check_weight_options(options)
+        if options["weights"] == "fp32":
+            for key in QUANTIZATION_OPTIONS[1:]:
+                options.pop(key, None)
+        else:  # quantised weights: the offline optimisation starts from the quantised graph
+            options = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, **options}
+            onnx_path = quantize_weights(onnx_path, Path(out_dir) / "quantized", options)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = _LEVELS[options["optimization_level"]]
         session_options.optimized_model_filepath = str(Path(out_dir) / PROGRAM_FILE)
@@ -175,6 +202,8 @@ class OnnxRuntimeBackend(Backend):
         session_options.log_severity_level = 3
         # Offline optimisation on the CPU provider gives a graph that every provider can load.
         ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
+        if onnx_path.parent == Path(out_dir) / "quantized":
+            shutil.rmtree(onnx_path.parent)
         return {
             "backend": self.name,
             "backend_version": self.version,
