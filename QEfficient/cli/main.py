@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,17 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _add_compile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=_sizes, default=None, help="compiled sequence lengths, e.g. 32,128,512")
     parser.add_argument("--batch-size", type=_sizes, default=[1], help="compiled batch sizes, e.g. 1,32")
+    _add_weights_args(parser.add_argument)
+
+
+def _add_weights_args(add: Any) -> None:
+    add("--weights", choices=["fp32", "int8", "int4"], default="fp32", help="weight precision (default fp32)")
+    add("--block-size", dest="block_size", type=int, default=32, help="quantisation block size (default 32)")
+
+
+def _weights(args: argparse.Namespace) -> dict[str, Any]:
+    """The compile options for `--weights` / `--block-size` (none for fp32)."""
+    return {} if args.weights == "fp32" else {"weights": args.weights, "block_size": args.block_size}
 
 
 def _add_text_args(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +114,7 @@ def _compile(model, args: argparse.Namespace) -> Path:  # noqa: ANN001
 
     _export(model)
     with progress("Compiling for ONNX Runtime"):
-        return model.compile(seq_len=args.seq_len, batch_size=args.batch_size)
+        return model.compile(seq_len=args.seq_len, batch_size=args.batch_size, **_weights(args))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -209,6 +221,7 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     option("--top-p", dest="top_p", type=float, default=1.0)
     option("--seed", type=int)
     option("--stop", action="append", default=[], help="a stop string (repeatable)")
+    _add_weights_args(option)
     for ignored in ("--num-cores", "--device-group", "--mos", "--aic-enable-depth-first", "--cache-dir", "--hf-token"):
         option(ignored, dest=f"ignored_{ignored[2:].replace('-', '_')}", help=argparse.SUPPRESS)
     for flag in ("--mxfp6", "--mxfp6-matmul", "--mxint8", "--mxint8-kv-cache", "--trust-remote-code"):
@@ -236,13 +249,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
     chat = args.chat if args.chat is not None else is_default and bool(getattr(model.tokenizer, "chat_template", None))
     with progress("Exporting ONNX graph"):
-        model.export(ctx_len=args.ctx_len)
+        model.export(ctx_len=args.ctx_len, prefill_seq_len=args.prompt_len)
     with progress("Compiling for ONNX Runtime"):
         program = model.compile(
             prefill_seq_len=args.prompt_len,
             ctx_len=args.ctx_len,
             batch_size=args.batch_size,
             full_batch_size=args.full_batch_size,
+            **_weights(args),
         )
     streamer = None
     if args.stream:

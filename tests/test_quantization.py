@@ -1,0 +1,82 @@
+"""Weight-only quantisation at compile time (`weights="int8" | "int4"`): the compiled graphs use ONNX Runtime's
+block-quantised ops and stay close to fp32; bad options fail with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from QEfficient import QEFFAutoModel, QEFFAutoModelForCausalLM
+from tests.tiny_models import tiny_decoder
+
+PROMPT = [5, 17, 42, 8, 99, 23, 64, 11, 7, 30]
+
+
+def op_counts(program_dir: Path) -> dict[str, int]:
+    graph = onnx.load(str(program_dir / "model.onnx"), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in graph.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def last_logits(model: QEFFAutoModelForCausalLM) -> np.ndarray:
+    """Logits after prefilling PROMPT (one chunk) on the compiled program."""
+    program = model.program
+    state = program.new_state({"batch_size": 1, "seq_len": 1})
+    ids = np.array([PROMPT + [0] * (16 - len(PROMPT))])
+    positions = np.array([list(range(len(PROMPT))) + [-1] * (16 - len(PROMPT))])
+    return program.run_with_state({"input_ids": ids, "position_ids": positions}, state)["logits"][0, -1]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def llama() -> QEFFAutoModelForCausalLM:
+    return QEFFAutoModelForCausalLM(tiny_decoder("llama"))
+
+
+def test_causal_lm_int8_and_int4_stay_close_to_fp32(llama: QEFFAutoModelForCausalLM) -> None:
+    llama.compile(prefill_seq_len=16, ctx_len=64)
+    reference = last_logits(llama)
+    fp32_ops = op_counts(llama.program_path)
+    weight_matmuls = fp32_ops.get("MatMul", 0) + fp32_ops.get("FusedMatMul", 0)
+
+    # Tiny random weights are the worst case for 4 bits (no outliers, no structure): the test checks that each
+    # precision is near fp32 and int8 nearer than int4; quality on real weights is tests/test_smollm2.py's.
+    similarities = {}
+    for weights, least in (("int8", 0.99), ("int4", 0.7)):
+        llama.compile(prefill_seq_len=16, ctx_len=64, weights=weights)
+        ops = op_counts(llama.program_path)
+        assert ops.get("MatMulNBits", 0) > 0 and ops.get("MatMulNBits", 0) < weight_matmuls
+        assert ("GatherBlockQuantized" in ops) == (weights == "int4")  # int4 embeddings; int8 keeps fp32 ones
+        assert llama.program.manifest["options"]["weights"] == weights
+        similarities[weights] = cosine(last_logits(llama), reference)
+        assert similarities[weights] >= least
+        out = llama.generate(None, [PROMPT], generation_len=8)
+        assert len(out.generated_ids[0]) == 8
+    assert similarities["int8"] > similarities["int4"]
+
+
+def test_bad_weight_options_are_clear_errors(llama: QEFFAutoModelForCausalLM) -> None:
+    with pytest.raises(ValueError, match="weights must be one of fp32, int8, int4; got 'int3'"):
+        llama.compile(prefill_seq_len=16, ctx_len=64, weights="int3")
+    with pytest.raises(ValueError, match="block_size must be a power of two >= 16"):
+        llama.compile(prefill_seq_len=16, ctx_len=64, weights="int4", block_size=20)
+    with pytest.raises(ValueError, match=r"Unknown ONNX Runtime compile option\(s\) \['mxfp6'\]"):
+        llama.compile(prefill_seq_len=16, ctx_len=64, mxfp6=True)
+
+
+def test_encoder_int8_embeddings(tiny_encoder_dirs) -> None:
+    model = QEFFAutoModel.from_pretrained(str(tiny_encoder_dirs["bert"]), pooling="mean", normalize=True)
+    sentences = ["a first sentence", "and a somewhat longer second sentence"]
+    reference = model.encode(sentences)
+    model.compile(seq_len=[16], batch_size=2, weights="int8")
+    quantised = model.encode(sentences, batch_size=2)
+    assert op_counts(model.program_path).get("MatMulNBits", 0) > 0
+    assert min(cosine(a, b) for a, b in zip(quantised, reference)) >= 0.99
