@@ -1,4 +1,5 @@
-"""Embedding throughput: QEFFAutoModel.encode (ONNX Runtime, fp32) against sentence-transformers (PyTorch, CPU).
+"""Embedding throughput: QEFFAutoModel.encode (ONNX Runtime, fp32 and int8 weights) against sentence-transformers
+(PyTorch, CPU).
 
 Both engines encode the same deterministic corpus with the same batch size and the same number of threads.
 Rounds are interleaved (ST, ours, ST, ours, ...) so that machine noise hits both alike; the table reports the
@@ -7,6 +8,10 @@ are not timed.
 
     python benchmarks/bench_embeddings.py                      # all-MiniLM-L6-v2, 1000 sentences
     python benchmarks/bench_embeddings.py --model PATH --num-sentences 2000 --rounds 7 --threads 2
+    python benchmarks/bench_embeddings.py --weights fp32 int8 int4
+
+Quality per QEfficient program: the largest absolute difference and the smallest cosine to sentence-transformers'
+embeddings (fp32 must be within 1e-5; quantised programs at cosine >= 0.99).
 """
 
 from __future__ import annotations
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both engines (default: $QEFF_NUM_THREADS, else all usable cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8", "int4"],
+                        help="QEfficient weight precisions to run (default: fp32 int8)")
     args = parser.parse_args()
     args.seq_len = "dynamic" if args.seq_len == ["dynamic"] else [int(s) for s in args.seq_len]
     if args.model is None:
@@ -165,14 +172,19 @@ def main() -> None:
     st.encode(sentences[: args.batch_size * 2], batch_size=args.batch_size)
     st_setup = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    ours = QEFFAutoModel.from_pretrained(args.model, pooling="mean", normalize=True)
     batch_sizes = sorted({1, args.batch_size})
-    ours.compile(seq_len=args.seq_len, batch_size=batch_sizes)
-    ours_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours.encode(sentences, batch_size=args.batch_size)  # creates every session the corpus needs
-    ours_first = time.perf_counter() - t0
+    models, ours_compile, ours_first = {}, {}, {}
+    for weights in args.weights:
+        t0 = time.perf_counter()
+        model = QEFFAutoModel.from_pretrained(args.model, pooling="mean", normalize=True)
+        options = {} if weights == "fp32" else {"weights": weights}
+        model.compile(seq_len=args.seq_len, batch_size=batch_sizes, **options)
+        ours_compile[weights] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.encode(sentences, batch_size=args.batch_size)  # creates every session the corpus needs
+        ours_first[weights] = time.perf_counter() - t0
+        models[f"QEfficient {weights}"] = model
+    ours = next(iter(models.values()))
 
     lengths = np.array([len(r) for r in ours.tokenizer(sentences)["input_ids"]])
     max_seq = getattr(st, "max_seq_length", None)
@@ -182,17 +194,18 @@ def main() -> None:
 
     # ---- timed, interleaved ----
     cores = os.cpu_count() or 1
-    times: dict[str, list[float]] = {"sentence-transformers": [], "QEfficient": []}
     other_load: list[float] = []
     results = {}
 
-    def run_st() -> None:
-        results["st"] = st.encode(sentences, batch_size=args.batch_size)
+    def runner(name: str, encode) -> object:  # noqa: ANN001
+        def run() -> None:
+            results[name] = np.asarray(encode(sentences, batch_size=args.batch_size))
 
-    def run_ours() -> None:
-        results["ours"] = ours.encode(sentences, batch_size=args.batch_size)
+        return run
 
-    engines = {"sentence-transformers": run_st, "QEfficient": run_ours}
+    engines = {"sentence-transformers": runner("sentence-transformers", st.encode)}
+    engines.update({name: runner(name, model.encode) for name, model in models.items()})
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for r in range(args.rounds):
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]  # alternate who goes first
         for name in order:
@@ -200,10 +213,10 @@ def main() -> None:
             times[name].append(seconds)
             other_load.append(other)
 
-    diff = float(np.abs(np.asarray(results["st"]) - results["ours"]).max())
+    reference = results["sentence-transformers"]
+    diffs = {name: float(np.abs(reference - results[name]).max()) for name in models}
+    cosines = {name: float(np.min(np.sum(reference * results[name], axis=1))) for name in models}  # unit vectors
     rate = {k: len(sentences) / statistics.median(v) for k, v in times.items()}
-    ratio = rate["QEfficient"] / rate["sentence-transformers"]
-    paired = statistics.median(s / o for s, o in zip(times["sentence-transformers"], times["QEfficient"]))
 
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"machine: {machine_info()}; threads per engine: {threads}")
@@ -213,22 +226,28 @@ def main() -> None:
     print(f"corpus: {len(sentences)} sentences (seed {args.seed}), tokens min/median/mean/p90/max = "
           f"{lengths.min()}/{int(np.median(lengths))}/{lengths.mean():.1f}/{int(np.percentile(lengths, 90))}/"
           f"{lengths.max()}")
-    print(f"QEfficient: fp32, compiled seq_len {args.seq_len} x batch_size {batch_sizes}, cache {cache}")
-    print(f"warm-up, not timed: ST load+encode {st_setup:.1f} s; ours load+export+compile {ours_compile:.1f} s, "
-          f"first encode incl. session creation {ours_first:.1f} s")
+    print(f"QEfficient: {', '.join(args.weights)}, compiled seq_len {args.seq_len} x batch_size {batch_sizes}, "
+          f"cache {cache}")
+    setup = ", ".join(f"{w} {ours_compile[w]:.1f} s + first encode {ours_first[w]:.1f} s" for w in args.weights)
+    print(f"warm-up, not timed: ST load+encode {st_setup:.1f} s; ours load+export+compile: {setup}")
     print(f"timed: {args.rounds} interleaved rounds per engine, batch_size {args.batch_size}, median reported\n")
-    print("| engine | sentences/s (median) | min..max | ratio vs ST |")
-    print("|---|---:|---:|---:|")
-    for name in ("sentence-transformers", "QEfficient"):
+    print("| engine | sentences/s (median) | min..max | ratio vs ST (medians) | paired ratio | "
+          "max abs diff vs ST | min cosine vs ST |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    st_times = times["sentence-transformers"]
+    for name in engines:
         lo, hi = len(sentences) / max(times[name]), len(sentences) / min(times[name])
-        print(f"| {name} | {rate[name]:.1f} | {lo:.0f}..{hi:.0f} | {rate[name] / rate['sentence-transformers']:.2f}x |")
-    print(f"\nours/ST = {ratio:.2f}x from the medians, {paired:.2f}x as the median of per-round ratios "
-          f"(target >= 1.5x: {'met' if min(ratio, paired) >= 1.5 else 'NOT met'})")
+        paired = statistics.median(s / o for s, o in zip(st_times, times[name]))
+        quality = f"{diffs[name]:.2e} | {cosines[name]:.5f}" if name in models else "- | -"
+        print(f"| {name} | {rate[name]:.1f} | {lo:.0f}..{hi:.0f} | {rate[name] / rate['sentence-transformers']:.2f}x "
+              f"| {paired:.2f}x | {quality} |")
     busiest = max(other_load)
-    print(f"CPU used by other processes while timing: median {statistics.median(other_load):.0%}, max {busiest:.0%}"
+    print(f"\nCPU used by other processes while timing: median {statistics.median(other_load):.0%}, max {busiest:.0%}"
           + (" -- the machine was shared, numbers are unreliable" if busiest > 0.1 else ""))
-    print(f"max |diff| between embeddings = {diff:.2e} ({'OK' if diff < 1e-5 else 'FAIL'}, must be < 1e-5)")
-    if diff >= 1e-5:
+    failed = [n for n in models if (n.endswith("fp32") and diffs[n] >= 1e-5) or cosines[n] < 0.99]
+    print("quality: fp32 must be within 1e-5 of ST, quantised programs at cosine >= 0.99: "
+          + ("FAIL " + ", ".join(failed) if failed else "OK"))
+    if failed:
         raise SystemExit(1)
 
 
