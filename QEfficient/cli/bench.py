@@ -1,30 +1,101 @@
-"""`qeff bench`: HF eager `generate` and QEfficient's compiled program on the same prompt, in one run.
+"""`qeff bench`: HF eager and QEfficient (fp32 / int8 / int4 weights) on the same prompt, in one run.
 
-Batch 1, a prompt of `prompt_tokens` tokens, `new_tokens` greedy tokens; prints TTFT and decode tokens/s
-for both, their ratio, and whether the generated tokens are identical.
+Per engine: TTFT, prefill and decode tokens/s, peak RSS, decode speed relative to HF eager, the fraction of the
+memory-bandwidth bound reached, perplexity on a fixed text (`QEfficient/generation/eval_text.py`) and greedy
+agreement with QEfficient fp32 over the generated tokens.
+
+How it measures:
+
+- Every engine runs in its own `multiprocessing` spawn child (HF too), so that its peak RSS
+  (`ru_maxrss` of that process) is its own. A first child compiles every requested precision (or finds it in
+  the cache), so no engine's peak includes a one-time quantisation; the QEfficient children then open only
+  the compiled program (no PyTorch weights in their memory), as a deployment would.
+- Timing rounds are interleaved (HF, fp32, int8, int4, HF, ...) after a warm-up in each child, and each number
+  is the median over the rounds: the machine may be shared and noisy.
+- Memory bandwidth is measured in the same run, before the engines load: the best of several multi-threaded
+  `tensor.sum()` over a 1 GiB fp32 tensor. Bytes read per decoded token are the weights the matrix products
+  read: the initializers that feed MatMul / MatMulNBits / Gemm / FusedMatMul nodes of the compiled graph
+  (weights, scales, zero points; not the embedding table's Gather), or the `nn.Linear` weights for HF eager
+  (the tied LM head counts once). The bound is bandwidth / bytes per token, in tokens/s.
+- Perplexity teacher-forces the first 200 tokens of the text through decode steps
+  (`QEfficient.generation.quality.perplexity`); HF eager's is one forward over the same tokens.
+
+`--peers` adds optimum-onnx (`optimum.onnxruntime.ORTModelForCausalLM`, exported from the same HF folder) and
+onnxruntime-genai (a model built by `onnxruntime_genai.models.builder`, int4) when they are importable, and
+prints a 'not installed' line otherwise. optimum-onnx pins transformers 4.57 while QEfficient needs its own
+transformers version, so the two cannot share one environment: give optimum-onnx its own and run the peer
+part of this file there, on the HF folder this command prints ("HF folder: ..."):
+
+    python -m venv ~/venv-optimum
+    ~/venv-optimum/bin/pip install "optimum-onnx[onnxruntime]" onnxruntime-genai
+    ~/venv-optimum/bin/python QEfficient/cli/bench.py --peer optimum --hf-folder FOLDER \\
+        [--prompt-tokens 24] [--new-tokens 128] [--rounds 3] [--threads N]
+
+That standalone entry imports neither QEfficient nor torch directly; compare its numbers with a `qeff bench`
+run on the same machine.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
+import multiprocessing
 import os
 import platform
+import resource
+import statistics
+import sys
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-
+QEFF_WEIGHTS = ("fp32", "int8", "int4")
+PEERS = ("optimum", "genai")
+EVAL_TOKENS = 200
+WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
 BENCH_TEXT = (
     "The history of the city begins with a small fishing village on the river, where traders from the north "
     "and the south met every spring to exchange salt, wool, grain and stories about the lands beyond the sea."
 )
+PEER_NAMES = {"optimum": "optimum-onnx (ORTModelForCausalLM)", "genai": "onnxruntime-genai (int4)"}
+PEER_MODULES = {"optimum": "optimum.onnxruntime", "genai": "onnxruntime_genai"}
 
 
 @dataclass
-class Row:
-    engine: str
-    ttft_ms: float
-    decode_tokens_per_s: float
+class BenchConfig:
+    """What one `qeff bench` run measures."""
+
+    model: str | None = None
+    prompt_tokens: int = 24
+    new_tokens: int = 128
+    prefill_seq_len: int = 32
+    ctx_len: int = 256
+    rounds: int = 3
+    threads: int | None = None
+    weights: tuple[str, ...] = QEFF_WEIGHTS
+    peers: bool = False
+
+
+@dataclass
+class EngineResult:
+    """One engine's measurements (medians over the rounds)."""
+
+    name: str
+    ttft_ms: float = math.nan
+    prefill_tokens_per_s: float = math.nan
+    decode_tokens_per_s: float = math.nan
+    peak_rss_mb: float = math.nan
+    weight_bytes: int = 0
+    perplexity: float = math.nan
+    tokens: list[int] = field(default_factory=list)
+    rounds_identical: bool = True
+    note: str = ""
+
+
+# ---- measurements shared by the children ------------------------------------------------------------------
 
 
 def _cpu_name() -> str:
@@ -37,6 +108,561 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (`ru_maxrss` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
+def matmul_weight_bytes(onnx_path: str | Path) -> int:
+    """Bytes of the initializers that feed MatMul / MatMulNBits / Gemm / FusedMatMul nodes of a graph: the weights
+    (and their scales and zero points) one decode step reads. Each initializer counts once; the embedding table
+    read by a Gather is not counted (unless a matrix product reads it too, as a tied LM head does)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name: t for t in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        if node.op_type in WEIGHT_OPS:
+            used.update(name for name in node.input if name in initializers)
+    total = 0.0
+    for name in used:
+        tensor = initializers[name]
+        count = math.prod(tensor.dims)
+        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            total += math.ceil(count / 2)
+        else:
+            total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(total)
+
+
+def _decode_graph(program_dir: Path) -> Path:
+    """The graph a decode step runs: `decode/model.onnx` of a two-graph program, else `model.onnx`."""
+    return program_dir / "decode" / "model.onnx" if (program_dir / "decode").is_dir() else program_dir / "model.onnx"
+
+
+def _set_threads(threads: int) -> None:
+    os.environ["QEFF_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _bandwidth_child(threads: int, gib: float = 1.0, repeats: int = 7) -> float:
+    """Memory read bandwidth in GB/s: the best of `repeats` multi-threaded sums of a `gib` GiB fp32 tensor."""
+    _set_threads(threads)
+    import torch
+
+    data = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    data.sum()  # first touch and warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.numel() * 4 / best / 1e9
+
+
+def _prepare_child(config: BenchConfig) -> dict[str, Any]:
+    """Compile (or find cached) every requested precision, tokenise the prompt and the eval text."""
+    _set_threads(config.threads)
+    from QEfficient import QEFFAutoModelForCausalLM
+    from QEfficient.generation.eval_text import EVAL_TEXT
+    from QEfficient.transformers.loading import split_gguf_path
+    from QEfficient.utils.default_models import default_causal_lm
+
+    source = str(config.model or default_causal_lm())
+    model = QEFFAutoModelForCausalLM.from_pretrained(source)
+    folder, gguf = split_gguf_path(source, None)
+    if gguf is not None:
+        from transformers import AutoModelForCausalLM
+
+        from QEfficient.transformers.gguf import gguf_folder
+
+        folder = str(gguf_folder(folder, gguf, AutoModelForCausalLM))
+    programs = {}
+    for weights in config.weights:
+        model.compile(prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, weights=weights)
+        programs[weights] = str(model.program_path)
+    tokenizer = model.tokenizer
+    prompt = tokenizer(BENCH_TEXT * (1 + config.prompt_tokens // 16))["input_ids"][: config.prompt_tokens]
+    eval_ids = tokenizer(EVAL_TEXT)["input_ids"][: min(EVAL_TOKENS, config.ctx_len - 1)]
+    return {
+        "model_name": model.model_name,
+        "source": source,
+        "hf_folder": folder,
+        "programs": programs,
+        "compile_config": dict(model.compile_config),
+        "left_padding": bool(model.model.has_recurrent_state),
+        "single_chunk_prefill": bool(model.single_chunk_prefill),
+        "prompt_ids": prompt,
+        "eval_ids": eval_ids,
+        "eval_words": len(EVAL_TEXT.split()),
+    }
+
+
+# ---- engines (each one lives in its own child process) ------------------------------------------------------
+
+
+class _HFEngine:
+    """transformers' eager `generate` on the fp32 PyTorch model."""
+
+    def __init__(self, config: BenchConfig, prep: dict[str, Any]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from QEfficient.transformers.loading import load_pretrained
+
+        self.torch = torch
+        self.model = load_pretrained(AutoModelForCausalLM, prep["hf_folder"])
+        self.model.generation_config.eos_token_id = None  # the same token count for every engine
+        self.prompt = torch.tensor([prep["prompt_ids"]])
+        self.pad = self.model.config.pad_token_id or 0
+        linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        tensors = {t.data_ptr(): t for m in linears for t in (m.weight, m.bias) if t is not None}
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def _generate(self, n: int) -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                self.prompt,
+                attention_mask=self.torch.ones_like(self.prompt),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=self.pad,
+            )
+        return time.perf_counter() - start, out[0, self.prompt.shape[1] :].tolist()
+
+    def round(self, new_tokens: int) -> dict[str, Any]:
+        ttft, _ = self._generate(1)
+        total, tokens = self._generate(new_tokens)
+        return {
+            "ttft_s": ttft,
+            "prefill_tokens_per_s": self.prompt.shape[1] / ttft,
+            "decode_tokens_per_s": (new_tokens - 1) / max(total - ttft, 1e-9),
+            "tokens": tokens,
+        }
+
+    def perplexity(self, ids: list[int]) -> float:
+        from QEfficient.generation.quality import hf_perplexity
+
+        return hf_perplexity(self.model, ids)
+
+
+class _CompiledModel:
+    """What `perplexity` needs of a compiled model: its program and compile settings."""
+
+    def __init__(self, program: Any, compile_config: dict[str, Any]) -> None:
+        self.program = program
+        self.compile_config = compile_config
+
+
+class _QEffEngine:
+    """QEfficient's compiled program, opened from the cache without the PyTorch model."""
+
+    def __init__(self, config: BenchConfig, prep: dict[str, Any], weights: str) -> None:
+        from QEfficient.backends import get_backend
+        from QEfficient.backends.base import MultiGraphProgram
+        from QEfficient.generation.text_generation import TextGenerator
+        from QEfficient.utils.cache import MANIFEST_NAME
+
+        directory = Path(prep["programs"][weights])
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+        backend = get_backend(manifest["backend"])
+        if "graphs" in manifest:
+            graphs = {name: backend.open(directory / name, meta) for name, meta in manifest["graphs"].items()}
+            program = MultiGraphProgram(manifest, graphs)
+        else:
+            program = backend.open(directory, manifest)
+        program.load_all()
+        cc = prep["compile_config"]
+        self.model = _CompiledModel(program, cc)
+        self.generator = TextGenerator(
+            program,
+            None,
+            cc["prefill_seq_len"],
+            cc["ctx_len"],
+            1,
+            None,
+            (),  # no EOS: the same token count for every engine
+            left_padding=prep["left_padding"],
+            single_chunk_prefill=prep["single_chunk_prefill"],
+        )
+        self.prompt = prep["prompt_ids"]
+        self.weight_bytes = matmul_weight_bytes(_decode_graph(directory))
+
+    def round(self, new_tokens: int) -> dict[str, Any]:
+        out = self.generator.generate([self.prompt], generation_len=new_tokens)
+        m = out.perf_metrics
+        return {
+            "ttft_s": m.ttft_s,
+            "prefill_tokens_per_s": m.prefill_tokens_per_s,
+            "decode_tokens_per_s": m.decode_tokens_per_s,
+            "tokens": out.generated_ids[0],
+        }
+
+    def perplexity(self, ids: list[int]) -> float:
+        from QEfficient.generation.quality import perplexity
+
+        return perplexity(self.model, ids)
+
+
+class _OptimumEngine:
+    """optimum-onnx's `ORTModelForCausalLM`, exported once from the HF folder (cached next to it)."""
+
+    def __init__(self, folder: str, prompt_ids: list[int], threads: int) -> None:
+        import onnxruntime as ort
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        self.torch = torch
+        export_dir = Path(folder).parent / f"{Path(folder).name}-optimum-onnx"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        if not (export_dir / "config.json").is_file():
+            ORTModelForCausalLM.from_pretrained(folder, export=True).save_pretrained(export_dir)
+        self.model = ORTModelForCausalLM.from_pretrained(export_dir, session_options=options)
+        self.model.generation_config.eos_token_id = None
+        self.prompt = torch.tensor([prompt_ids])
+        graphs = sorted(export_dir.glob("*.onnx"))
+        self.weight_bytes = matmul_weight_bytes(graphs[0]) if graphs else 0
+
+    def _generate(self, n: int) -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        out = self.model.generate(
+            self.prompt,
+            attention_mask=self.torch.ones_like(self.prompt),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        return time.perf_counter() - start, out[0, self.prompt.shape[1] :].tolist()
+
+    round = _HFEngine.round
+
+    def perplexity(self, ids: list[int]) -> float:
+        import torch
+
+        inputs = torch.tensor([ids])
+        logits = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits[0, :-1]
+        return math.exp(float(torch.nn.functional.cross_entropy(logits.double(), inputs[0, 1:])))
+
+
+class _GenAIEngine:
+    """onnxruntime-genai on an int4 CPU model built once by its builder from the HF folder (cached next to it)."""
+
+    def __init__(self, folder: str, prompt_ids: list[int], threads: int) -> None:
+        import subprocess
+
+        import onnxruntime_genai as og
+
+        self.og = og
+        out = Path(folder).parent / f"{Path(folder).name}-ort-genai-int4"
+        if not (out / "genai_config.json").is_file():
+            subprocess.run(
+                [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", str(out)]
+                + ["-p", "int4", "-e", "cpu", "-c", str(out.with_name(out.name + "-cache"))],
+                check=True,
+            )
+        config = json.loads((out / "genai_config.json").read_text())
+        session = config["model"]["decoder"].setdefault("session_options", {})
+        session["intra_op_num_threads"] = threads
+        (out / "genai_config.json").write_text(json.dumps(config, indent=2))
+        self.model = og.Model(str(out))
+        self.prompt = list(prompt_ids)
+        self.weight_bytes = matmul_weight_bytes(out / config["model"]["decoder"]["filename"])
+
+    def round(self, new_tokens: int) -> dict[str, Any]:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        length = len(self.prompt) + new_tokens
+        params.set_search_options(do_sample=False, max_length=length, min_length=length)
+        start = time.perf_counter()
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(self.prompt)
+        generator.generate_next_token()
+        tokens = [int(generator.get_next_tokens()[0])]
+        ttft = time.perf_counter() - start
+        while not generator.is_done() and len(tokens) < new_tokens:
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        total = time.perf_counter() - start
+        return {
+            "ttft_s": ttft,
+            "prefill_tokens_per_s": len(self.prompt) / ttft,
+            "decode_tokens_per_s": (len(tokens) - 1) / max(total - ttft, 1e-9),
+            "tokens": tokens,
+        }
+
+    def perplexity(self, ids: list[int]) -> float:
+        return math.nan  # the generator API exposes no per-position logits of a forced text
+
+
+def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[str, Any]) -> None:
+    """A child's loop: build the engine, warm it up, then answer ("round" | "quality" | "rss" | "stop")."""
+    try:
+        _set_threads(config.threads)
+        if kind == "hf":
+            engine: Any = _HFEngine(config, prep)
+        elif kind in QEFF_WEIGHTS:
+            engine = _QEffEngine(config, prep, kind)
+        elif kind == "optimum":
+            engine = _OptimumEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
+        else:
+            engine = _GenAIEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
+        engine.round(2)  # warm-up
+        connection.send(("ready", {"weight_bytes": engine.weight_bytes}))
+        while True:
+            command = connection.recv()
+            if command == "round":
+                connection.send(("ok", engine.round(config.new_tokens)))
+            elif command == "rss":
+                connection.send(("ok", _peak_rss_mb()))
+            elif command == "quality":
+                connection.send(("ok", engine.perplexity(prep["eval_ids"])))
+            else:
+                break
+    except BaseException:  # noqa: BLE001 - reported to the parent, which prints it
+        connection.send(("error", traceback.format_exc(limit=6)))
+    finally:
+        connection.close()
+
+
+def _in_child(context: Any, target: Any, *args: Any) -> Any:
+    """Run `target(*args)` in a fresh spawn child and return its result (errors are raised here)."""
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_call_and_send, args=(send, target, args))
+    process.start()
+    send.close()
+    status, value = receive.recv()
+    process.join()
+    if status == "error":
+        raise RuntimeError(f"{target.__name__} failed in its child process:\n{value}")
+    return value
+
+
+def _call_and_send(connection: Any, target: Any, args: tuple) -> None:
+    try:
+        connection.send(("ok", target(*args)))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        connection.send(("error", traceback.format_exc(limit=6)))
+    finally:
+        connection.close()
+
+
+# ---- the parent: orchestration and the report ---------------------------------------------------------------
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _engine_name(kind: str) -> str:
+    if kind == "hf":
+        return "HF eager (PyTorch fp32)"
+    if kind in QEFF_WEIGHTS:
+        return f"QEfficient ORT {kind}"
+    return PEER_NAMES[kind]
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def _run_engines(context: Any, kinds: list[str], config: BenchConfig, prep: dict[str, Any]) -> list[EngineResult]:
+    """Start one child per engine, run the interleaved rounds, then collect peak RSS and perplexity."""
+    children: dict[str, tuple[Any, Any]] = {}
+    results = {kind: EngineResult(_engine_name(kind)) for kind in kinds}
+    for kind in kinds:
+        mine, theirs = context.Pipe()
+        process = context.Process(target=_engine_child, args=(theirs, kind, config, prep), daemon=True)
+        process.start()
+        theirs.close()
+        children[kind] = (process, mine)
+
+    def ask(kind: str, command: str | None = None) -> Any:
+        process, connection = children[kind]
+        if command is not None:
+            connection.send(command)
+        status, value = connection.recv()
+        if status == "error":
+            results[kind].note = value.strip().splitlines()[-1]
+            print(f"[bench] {results[kind].name} failed:\n{value}", file=sys.stderr)
+            connection.close()
+            process.join(timeout=10)
+            del children[kind]
+            return None
+        return value
+
+    try:
+        for kind in kinds:  # all children load at once; each answers when loaded and warmed up
+            ready = ask(kind)
+            if ready is not None:
+                results[kind].weight_bytes = ready["weight_bytes"]
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for index in range(config.rounds):
+            for kind in kinds:
+                if kind in children:
+                    row = ask(kind, "round")
+                    if row is not None:
+                        rounds[kind].append(row)
+            print(f"[bench] round {index + 1}/{config.rounds} done", file=sys.stderr)
+        for kind in kinds:
+            rows = rounds[kind]
+            if rows:
+                r = results[kind]
+                r.ttft_ms = _median(rows, "ttft_s") * 1000
+                r.prefill_tokens_per_s = _median(rows, "prefill_tokens_per_s")
+                r.decode_tokens_per_s = _median(rows, "decode_tokens_per_s")
+                r.tokens = rows[-1]["tokens"]
+                r.rounds_identical = all(row["tokens"] == r.tokens for row in rows)
+        for kind in kinds:
+            if kind in children:
+                results[kind].peak_rss_mb = ask(kind, "rss") or math.nan
+        for kind in kinds:
+            if kind in children:
+                value = ask(kind, "quality")
+                results[kind].perplexity = math.nan if value is None else value
+    finally:
+        for process, connection in children.values():
+            try:
+                connection.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+    return [results[kind] for kind in kinds]
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _report(
+    config: BenchConfig,
+    prep: dict[str, Any],
+    results: list[EngineResult],
+    bandwidth: float,
+    missing_peers: list[str],
+    seconds: float,
+) -> str:
+    from QEfficient.generation.quality import greedy_agreement
+
+    by_name = {r.name: r for r in results}
+    hf = by_name.get(_engine_name("hf"))
+    fp32 = by_name.get(_engine_name("fp32"))
+    n = config.new_tokens
+    lines = [
+        "| engine | TTFT (ms) | prefill tok/s | decode tok/s | decode vs HF eager | weights read/token (MB) | "
+        "bound tok/s | % of bound | peak RSS (MB) | perplexity | agreement with fp32 (leading, % positions) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        ratio = r.decode_tokens_per_s / hf.decode_tokens_per_s if hf and hf.decode_tokens_per_s > 0 else math.nan
+        bound = bandwidth * 1e9 / r.weight_bytes if r.weight_bytes else math.nan
+        agreement = "n/a"
+        if r is fp32 and r.tokens:
+            agreement = "(reference)"
+        elif fp32 is not None and fp32.tokens and r.tokens:
+            leading, fraction = greedy_agreement(fp32.tokens, r.tokens)
+            agreement = f"{leading}/{n}, {fraction * 100:.1f}%"
+        name = r.name + (f" (failed: {r.note})" if r.note else "")
+        lines.append(
+            f"| {name} | {_fmt(r.ttft_ms)} | {_fmt(r.prefill_tokens_per_s)} | {_fmt(r.decode_tokens_per_s)} | "
+            f"{_fmt(ratio, 2)}x | {_fmt(r.weight_bytes / 1e6)} | {_fmt(bound)} | "
+            f"{_fmt(r.decode_tokens_per_s / bound * 100)}% | {_fmt(r.peak_rss_mb, 0)} | {_fmt(r.perplexity, 3)} | "
+            f"{agreement} |"
+        )
+    lines.append("")
+    if hf is not None and fp32 is not None and hf.tokens and fp32.tokens:
+        same = fp32.tokens == hf.tokens
+        lines.append(f"QEfficient fp32 generated tokens identical to HF eager ({n} tokens): {'yes' if same else 'NO'}")
+    unstable = [r.name for r in results if r.tokens and not r.rounds_identical]
+    if unstable:
+        lines.append(f"generated tokens differ between rounds for: {', '.join(unstable)}")
+    if hf is not None and not math.isnan(hf.perplexity):
+        deltas = [
+            f"{r.name.removeprefix('QEfficient ORT ')} {(r.perplexity / hf.perplexity - 1) * 100:+.3f}%"
+            for r in results
+            if r is not hf and not math.isnan(r.perplexity)
+        ]
+        lines.append(f"perplexity vs HF eager's {hf.perplexity:.3f}: {', '.join(deltas) or 'n/a'}")
+    for peer in missing_peers:
+        lines.append(
+            f"{PEER_NAMES[peer]}: not installed ({PEER_MODULES[peer]} is not importable here). optimum-onnx pins "
+            "transformers 4.57, so give it its own venv (pip install 'optimum-onnx[onnxruntime]' onnxruntime-genai) "
+            f"and run there: python QEfficient/cli/bench.py --peer {peer} --hf-folder {prep['hf_folder']}"
+        )
+    import onnxruntime
+    import torch
+    import transformers
+
+    from QEfficient import __version__
+
+    program = Path(sys.argv[0]).name
+    command = " ".join(["qeff" if program == "qeff" else f"python {sys.argv[0]}", *sys.argv[1:]])
+    lines += [
+        "",
+        f"model: {prep['model_name']} from {prep['source']} (HF folder: {prep['hf_folder']})",
+        f"batch 1, prompt {len(prep['prompt_ids'])} tokens, {n} new tokens (EOS ignored), greedy; "
+        f"prefill_seq_len {config.prefill_seq_len}, ctx_len {config.ctx_len}; median of {config.rounds} "
+        "interleaved rounds after a warm-up; each engine in its own process",
+        f"perplexity: the first {len(prep['eval_ids'])} tokens of QEfficient/generation/eval_text.py "
+        f"({prep['eval_words']} words), teacher-forced through decode steps (HF eager: one forward)",
+        f"memory bandwidth: {bandwidth:.1f} GB/s (best of 7 torch sums of a 1 GiB fp32 tensor, {config.threads} "
+        "threads); bound = bandwidth / weights read per token (MatMul/MatMulNBits/Gemm/FusedMatMul initializers "
+        "of the compiled graph; nn.Linear weights for HF eager)",
+        "peak RSS: ru_maxrss of the engine's own process (load + warm-up + generation); QEfficient rows open "
+        "the compiled program only",
+        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, {config.threads} threads per engine",
+        f"versions: QEfficient {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; bench took {seconds:.0f} s",
+        f"command: {command}",
+    ]
+    return "\n".join(lines)
+
+
+def run_bench(config: BenchConfig) -> str:
+    """Run the benchmark described by `config` and return its report (a markdown table and the run's facts)."""
+    from QEfficient.backends.onnxruntime import default_num_threads
+
+    start = time.perf_counter()
+    unknown = set(config.weights) - set(QEFF_WEIGHTS)
+    if unknown:
+        raise ValueError(f"--weights takes {', '.join(QEFF_WEIGHTS)}; got {sorted(unknown)}.")
+    for name in ("prompt_tokens", "new_tokens", "rounds"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1; got {getattr(config, name)}.")
+    config.threads = config.threads or default_num_threads()
+    context = multiprocessing.get_context("spawn")
+    print("[bench] measuring memory bandwidth", file=sys.stderr)
+    bandwidth = _in_child(context, _bandwidth_child, config.threads)
+    print(f"[bench] compiling {', '.join(config.weights) or 'nothing'} (cached after the first run)", file=sys.stderr)
+    prep = _in_child(context, _prepare_child, config)
+    kinds = ["hf", *config.weights]
+    missing = []
+    if config.peers:
+        for peer in PEERS:
+            (kinds if _importable(PEER_MODULES[peer]) else missing).append(peer)
+    print(f"[bench] running {', '.join(kinds)}", file=sys.stderr)
+    results = _run_engines(context, kinds, config, prep)
+    return _report(config, prep, results, bandwidth, missing, time.perf_counter() - start)
+
+
 def run_generation_bench(
     model_path: str | None = None,
     prompt_tokens: int = 24,
@@ -45,70 +671,64 @@ def run_generation_bench(
     ctx_len: int = 256,
     rounds: int = 3,
     threads: int | None = None,
+    weights: tuple[str, ...] = QEFF_WEIGHTS,
+    peers: bool = False,
 ) -> str:
     """Run the benchmark and return its report (a markdown table and the run's facts)."""
-    from QEfficient import QEFFAutoModelForCausalLM
-    from QEfficient.backends.onnxruntime import default_num_threads
-    from QEfficient.utils.default_models import default_causal_lm
+    return run_bench(
+        BenchConfig(
+            model_path, prompt_tokens, new_tokens, prefill_seq_len, ctx_len, rounds, threads, tuple(weights), peers
+        )
+    )
 
-    threads = threads or default_num_threads()
-    os.environ["QEFF_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-    model = QEFFAutoModelForCausalLM.from_pretrained(model_path or default_causal_lm())
-    model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1)
-    tokenizer = model.tokenizer
-    ids = tokenizer(BENCH_TEXT * 8)["input_ids"][:prompt_tokens]
-    hf = model.hf_model
-    prompt = torch.tensor([ids])
-    eos_free = {"eos_token_id": None, "pad_token_id": tokenizer.pad_token_id or 0}
 
-    def hf_run(n: int) -> tuple[float, list[int]]:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = hf.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=n,
-                do_sample=False,
-                min_new_tokens=n,
-                **eos_free,
-            )
-        return time.perf_counter() - start, out[0, len(ids) :].tolist()
+# ---- standalone peer run (in another environment, e.g. one with optimum-onnx) ------------------------------
 
-    eos = model.hf_model.generation_config.eos_token_id
-    model.hf_model.generation_config.eos_token_id = None  # same token count for both engines
-    try:
-        hf_run(2), model.generate(prompts=[ids], generation_len=2)  # warm-up
-        hf_rows, ours_rows, same = [], [], True
-        for _ in range(rounds):  # interleaved, because this machine is noisy
-            ttft, _ = hf_run(1)
-            total, hf_tokens = hf_run(new_tokens)
-            hf_rows.append(Row("HF eager (PyTorch)", ttft * 1000, (new_tokens - 1) / max(total - ttft, 1e-9)))
-            out = model.generate(prompts=[ids], generation_len=new_tokens)
-            m = out.perf_metrics
-            ours_rows.append(Row("QEfficient (ONNX Runtime, fp32)", m.ttft_s * 1000, m.decode_tokens_per_s))
-            same &= out.generated_ids[0] == hf_tokens
-    finally:
-        model.hf_model.generation_config.eos_token_id = eos
 
-    def median(rows: list[Row]) -> Row:
-        pick = sorted(rows, key=lambda r: r.decode_tokens_per_s)[len(rows) // 2]
-        return Row(pick.engine, sorted(r.ttft_ms for r in rows)[len(rows) // 2], pick.decode_tokens_per_s)
+def _standalone(argv: list[str]) -> int:
+    """`python QEfficient/cli/bench.py --peer optimum|genai --hf-folder FOLDER`: one peer engine, in a spawn child,
+    without QEfficient (for an environment whose transformers QEfficient cannot use). The prompt is the first
+    `--prompt-tokens` tokens of the same text `qeff bench` uses."""
+    import argparse
 
-    hf_row, ours = median(hf_rows), median(ours_rows)
-    lines = [
-        f"model: {model.model_name} from {model_path or default_causal_lm()}",
-        f"batch 1, prompt {len(ids)} tokens, {new_tokens} new tokens, greedy; prefill_seq_len {prefill_seq_len}, "
-        f"ctx_len {ctx_len}; median of {rounds} interleaved rounds after a warm-up",
-        f"machine: {_cpu_name()}, {threads} threads; torch {torch.__version__}, "
-        f"onnxruntime {__import__('onnxruntime').__version__}",
-        "",
-        "| engine | TTFT (ms) | decode tokens/s | decode vs HF eager |",
-        "|---|---:|---:|---:|",
-        f"| {hf_row.engine} | {hf_row.ttft_ms:.1f} | {hf_row.decode_tokens_per_s:.1f} | 1.00x |",
-        f"| {ours.engine} | {ours.ttft_ms:.1f} | {ours.decode_tokens_per_s:.1f} | "
-        f"{ours.decode_tokens_per_s / hf_row.decode_tokens_per_s:.2f}x |",
-        "",
-        f"generated tokens identical to HF: {'yes' if same else 'NO'}",
-    ]
-    return "\n".join(lines)
+    parser = argparse.ArgumentParser(description=_standalone.__doc__)
+    parser.add_argument("--peer", choices=PEERS, required=True)
+    parser.add_argument("--hf-folder", required=True, help="the 'HF folder' printed by `qeff bench`")
+    parser.add_argument("--prompt-tokens", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args(argv)
+    if not _importable(PEER_MODULES[args.peer]):
+        print(f"{PEER_NAMES[args.peer]}: not installed ({PEER_MODULES[args.peer]} is not importable)")
+        return 1
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.hf_folder)
+    ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 16))["input_ids"][: args.prompt_tokens]
+    context = multiprocessing.get_context("spawn")
+    rows = _in_child(
+        context, _standalone_child, args.peer, args.hf_folder, ids, args.new_tokens, args.rounds, args.threads
+    )
+    print(
+        f"{PEER_NAMES[args.peer]}: prompt {len(ids)} tokens, {args.new_tokens} new tokens, median of {args.rounds}: "
+        f"TTFT {_median(rows['rounds'], 'ttft_s') * 1000:.1f} ms, "
+        f"prefill {_median(rows['rounds'], 'prefill_tokens_per_s'):.1f} tok/s, "
+        f"decode {_median(rows['rounds'], 'decode_tokens_per_s'):.1f} tok/s, peak RSS {rows['rss']:.0f} MB, "
+        f"weights read/token {rows['weight_bytes'] / 1e6:.1f} MB\ntokens: {rows['rounds'][-1]['tokens']}"
+    )
+    return 0
+
+
+def _standalone_child(
+    peer: str, folder: str, ids: list[int], new_tokens: int, rounds: int, threads: int
+) -> dict[str, Any]:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    engine = (_OptimumEngine if peer == "optimum" else _GenAIEngine)(folder, ids, threads)
+    engine.round(2)
+    results = [engine.round(new_tokens) for _ in range(rounds)]
+    return {"rounds": results, "rss": _peak_rss_mb(), "weight_bytes": engine.weight_bytes}
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone(sys.argv[1:]))

