@@ -51,6 +51,17 @@ def padding_safe_slots(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.
     return source, slots, row_has_valid
 
 
+def _put_rows(buffer: torch.Tensor, batch_index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`buffer` with whole rows replaced at `batch_index` (continuous batching): one ScatterND over the batch axis,
+    not an element-wise scatter with an index per cache element."""
+    return buffer.index_put((batch_index.reshape(-1),), rows)
+
+
+def _rows(buffer: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
+    """This step's rows of a full-batch buffer (continuous batching), or the buffer itself."""
+    return buffer if batch_index is None else buffer.index_select(0, batch_index.reshape(-1))
+
+
 class FixedKVLayer(CacheLayerMixin):
     """One layer's retained KV buffers `[B_cache, H_kv, ctx_len, D]`, updated out of place by scatter."""
 
@@ -79,9 +90,7 @@ class FixedKVLayer(CacheLayerMixin):
 
     def _write(self, buffer: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(new full buffer, the rows this step attends over)."""
-        rows = buffer
-        if self.batch_index is not None:  # continuous batching: this step's rows of the full cache
-            rows = buffer.index_select(0, self.batch_index.reshape(-1))
+        rows = _rows(buffer, self.batch_index)  # continuous batching: this step's rows of the full cache
         heads, dim = states.shape[1], states.shape[-1]
         source = self.source[:, None, :, None].expand(-1, heads, -1, dim)
         slots = self.slots[:, None, :, None].expand(-1, heads, -1, dim)
@@ -91,8 +100,7 @@ class FixedKVLayer(CacheLayerMixin):
         rows = rows.scatter(2, slots, new)
         if self.batch_index is None:
             return rows, rows
-        index = self.batch_index.reshape(-1, 1, 1, 1).expand_as(rows)
-        return buffer.scatter(0, index, rows), rows
+        return _put_rows(buffer, self.batch_index, rows), rows
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -131,11 +139,6 @@ class FixedIndexedKVLayer(FixedKVLayer):
         buffer, rows = self._write(self.indexer_keys.unsqueeze(1), indexer_key_states.unsqueeze(1))
         self.indexer_keys = buffer.squeeze(1)
         return rows.squeeze(1)
-
-
-def _rows(buffer: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
-    """This step's rows of a full-batch buffer (continuous batching), or the buffer itself."""
-    return buffer if batch_index is None else buffer.index_select(0, batch_index.reshape(-1))
 
 
 class FixedLinearAttentionLayer(LinearAttentionLayer):
@@ -205,8 +208,7 @@ class FixedLinearAttentionLayer(LinearAttentionLayer):
             valid = self.row_valid.view(-1, *([1] * (old.dim() - 1)))
             rows = torch.where(valid, new.to(old.dtype), old)
             if self.batch_index is not None:
-                index = self.batch_index.reshape(-1, *([1] * (old.dim() - 1))).expand_as(rows)
-                rows = buffer.scatter(0, index, rows)
+                rows = _put_rows(buffer, self.batch_index, rows)
             out.append(rows)
         return out
 
