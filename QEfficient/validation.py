@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from QEfficient.base.modeling_qeff import SINGLE_GRAPH
 from QEfficient.transformers.embeddings.batching import pad_to_shape
 from QEfficient.utils.errors import first_line
 
@@ -128,7 +129,7 @@ def validate(
         return True
 
     def onnx_runtime() -> np.ndarray:
-        onnx_path = model.export()
+        onnx_path = model.onnx_paths.get(SINGLE_GRAPH) or model.export()
         if not model.graph_holds_any_shape:  # the static graph of this batch's shape
             batch, seq = input_ids.shape
             onnx_path = model.export_static([(batch, seq)])[f"b{batch}_s{seq}"]
@@ -229,7 +230,7 @@ def validate_causal_lm(
         return report
     total = sum(len(e) for e in expected)
     report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
-    if model.model.has_recurrent_state and not model.model.prefill_continues:
+    if model.model.prefill_starts_from_zero:
         prefill_seq_len = max(prefill_seq_len, *(len(r) for r in rows))
     try:
         programs = _programs_to_validate(model, prefill_seq_len, ctx_len)

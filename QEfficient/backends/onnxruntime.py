@@ -202,8 +202,8 @@ class OnnxRuntimeBackend(Backend):
         session_options.log_severity_level = 3
         # Offline optimisation on the CPU provider gives a graph that every provider can load.
         ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
-        if onnx_path.parent == Path(out_dir) / "quantized":
-            shutil.rmtree(onnx_path.parent)
+        if options["weights"] != "fp32":  # the quantised graph lives on in the optimised program
+            shutil.rmtree(Path(out_dir) / "quantized")
         return {
             "backend": self.name,
             "backend_version": self.version,

@@ -35,7 +35,6 @@ from QEfficient.utils.cache import build_artifact, hash_params, qeff_home
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
-ONNX_DATA_FILE = "model.onnx.data"
 DEFAULT_OPSET = 17
 SINGLE_GRAPH = "model"  # the graph name of a one-graph export (model.onnx)
 
@@ -191,16 +190,16 @@ class QEFFBaseModel(ABC):
 
         def build(tmp: Path) -> dict[str, Any]:
             files = {}
+            context = {
+                "export_hash": export_hash,
+                "version": QEfficient.__version__,
+                "transforms": ",".join(self.applied_transforms),
+            }
             for name, graph in graphs.items():
                 raw = tmp / "raw"
                 raw.mkdir()
                 self._torch_export(graph.example_inputs, graph.output_names, graph.dynamic_axes, raw / ONNX_FILE, opset)
                 model = onnx.load(str(raw / ONNX_FILE))
-                context = {
-                    "export_hash": export_hash,
-                    "version": QEfficient.__version__,
-                    "transforms": ",".join(self.applied_transforms),
-                }
                 for transform in self._onnx_transforms:
                     model, _ = transform.apply(model, **context)
                 shutil.rmtree(raw)

@@ -329,22 +329,11 @@ class _OptimumEngine:
         self.model = ORTModelForCausalLM.from_pretrained(export_dir, session_options=options)
         self.model.generation_config.eos_token_id = None
         self.prompt = torch.tensor([prompt_ids])
+        self.pad = 0
         graphs = sorted(export_dir.glob("*.onnx"))
         self.weight_bytes = matmul_weight_bytes(graphs[0]) if graphs else 0
 
-    def _generate(self, n: int) -> tuple[float, list[int]]:
-        start = time.perf_counter()
-        out = self.model.generate(
-            self.prompt,
-            attention_mask=self.torch.ones_like(self.prompt),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-        return time.perf_counter() - start, out[0, self.prompt.shape[1] :].tolist()
-
+    _generate = _HFEngine._generate  # the same transformers `generate` API
     round = _HFEngine.round
 
     def perplexity(self, ids: list[int]) -> float:

@@ -167,13 +167,14 @@ class FixedLinearAttentionLayer(LinearAttentionLayer):
         self.old_rows = {key: _rows(buffer, batch_index) for key, buffer in states.items()}
         if previous_state:
             for (kind, s), old in self.old_rows.items():
+                # a new tensor (never the input buffer), which HF then updates in place
                 rows = torch.where(row_starts.view(-1, *([1] * (old.dim() - 1))), torch.zeros_like(old), old)
                 if kind == "conv":
-                    self.conv_states[s] = rows.clone()
+                    self.conv_states[s] = rows
                     self.is_conv_states_initialized[s] = True
                     self.conv_kernel_size[s] = rows.shape[-1]
                 else:
-                    self.recurrent_states[s] = rows.clone()
+                    self.recurrent_states[s] = rows
                     self.is_recurrent_states_initialized[s] = True
                 self.has_previous_state[s] = True
                 self.dtype, self.device = rows.dtype, rows.device

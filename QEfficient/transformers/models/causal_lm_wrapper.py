@@ -346,6 +346,12 @@ class CausalLMForExport(nn.Module):
         """Whether some layer keeps conv/recurrent state (then prefill and decode are separate graphs)."""
         return self.layout.has_recurrent_state
 
+    @property
+    def prefill_starts_from_zero(self) -> bool:
+        """Whether a prefill chunk of more than one token cannot continue from a stored recurrent state (Mamba-1),
+        so that each prompt must be prefilled in one chunk."""
+        return self.layout.has_recurrent_state and not self.prefill_continues
+
     def _per_layer(self, past: tuple[torch.Tensor, ...]) -> list[PastEntry]:
         """The flat past inputs grouped per layer, in `CacheLayout.past_shapes` order."""
         buffers = iter(past)

@@ -764,7 +764,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         """True when each prompt must fit in one prefill chunk: the model keeps recurrent state whose prefill starts
         from zero (Mamba-1's scan cannot continue from a stored state), and `prefill_seq_len` > 1."""
         prefill = self.compile_config.get("prefill_seq_len", 32)
-        return self.model.has_recurrent_state and not self.model.prefill_continues and prefill > 1
+        return self.model.prefill_starts_from_zero and prefill > 1
 
     def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
         """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile
