@@ -36,6 +36,9 @@ class Program(ABC):
         self.specializations: list[Specialization] = manifest["specializations"]
         self.input_dims: dict[str, list[int | str]] = manifest["inputs"]
         self.output_names: list[str] = list(manifest["outputs"])
+        # State inputs whose `_RetainedState` output the backend may write into the input's own memory: every
+        # reader of the input runs before (or is) the node that writes the output (see `in_place_states`).
+        self.in_place_state: frozenset[str] = frozenset(manifest.get("in_place_state", ()))
 
     @property
     def input_names(self) -> list[str]:
@@ -102,11 +105,16 @@ class MultiGraphProgram(Program):
 
     def __init__(self, manifest: dict[str, Any], graphs: dict[str, Program]) -> None:
         self.graphs = graphs
+        # One state object serves every graph: a state is updated in place only if every graph allows it.
+        shared = frozenset.intersection(*(graph.in_place_state for graph in graphs.values()))
+        for graph in graphs.values():
+            graph.in_place_state = shared
         first = next(iter(graphs.values()))
         specializations = [spec for graph in graphs.values() for spec in graph.specializations]
         super().__init__(
             {**manifest, "specializations": specializations, "inputs": first.input_dims, "outputs": first.output_names}
         )
+        self.in_place_state = shared
 
     def graph_for(self, shapes: dict[str, tuple[int, ...]]) -> Program:
         """The graph whose specialisation matches these input shapes; a clear error if none does."""

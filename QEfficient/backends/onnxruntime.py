@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,59 @@ def graph_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     }
 
 
+# Ops that may write their output into the memory of the given input: a scatter copies its data input (a no-op when
+# both are one buffer) and then writes; an element-wise select reads each element before writing the same one.
+_IN_PLACE_INPUTS = {"ScatterElements": (0,), "ScatterND": (0,), "Where": (1, 2)}
+_METADATA_OPS = ("Shape", "Size")  # they read a tensor's shape, never its data
+
+
+def in_place_states(model: onnx.ModelProto) -> list[str]:
+    """Retained-state inputs `X` whose output `X_RetainedState` can be written into `X`'s own buffer.
+
+    That holds when the node producing the output is a scatter (data input `X`) or a `Where` selecting from `X`, and
+    every other node reading `X`'s data is one of its ancestors, so it runs first in any topological order. Then binding
+    the output to the input's memory makes the step update the cache in place: no copy of the whole cache per step,
+    and one buffer instead of two.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    in_subgraphs = {
+        name
+        for node in graph.node
+        for attr in node.attribute
+        for sub in [attr.g, *attr.graphs]
+        for inner in sub.node
+        for name in inner.input
+    }
+    outputs = {o.name for o in graph.output}
+    safe = []
+    for value in graph.input:
+        name = value.name
+        writer = producer.get(f"{name}_RetainedState")
+        if f"{name}_RetainedState" not in outputs or writer is None or name in in_subgraphs:
+            continue
+        positions = _IN_PLACE_INPUTS.get(writer.op_type, ())
+        if not any(i < len(writer.input) and writer.input[i] == name for i in positions):
+            continue
+        if sum(1 for i in writer.input if i == name) > 1:  # e.g. also the scatter's updates
+            continue
+        ancestors, stack = set(), list(writer.input)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and id(node) not in ancestors:
+                ancestors.add(id(node))
+                stack.extend(node.input)
+        if all(
+            reader is writer or id(reader) in ancestors or reader.op_type in _METADATA_OPS for reader in readers[name]
+        ):
+            safe.append(name)
+    return safe
+
+
 class OnnxRuntimeProgram(Program):
     """A compiled ORT program: one session for all specialisations, created on first use."""
 
@@ -114,8 +168,9 @@ class OnnxRuntimeProgram(Program):
         return dict(zip(self.output_names, session.run(self.output_names, feed)))
 
     def new_state(self, specialization: Specialization, dtype: type = np.float32) -> OrtRetainedState:
-        """Retained state as two sets of ORT values that swap roles after every step (no host copies)."""
-        return OrtRetainedState(super().new_state(specialization, dtype))
+        """Retained state as ORT values (no host copies): updated in place where the graph allows it
+        (`in_place_state`), else two buffers that swap roles after every step."""
+        return OrtRetainedState(super().new_state(specialization, dtype), self.in_place_state)
 
     def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
         self.specialization_of({**{name: a.shape for name, a in inputs.items()}, **state.shapes})
@@ -136,13 +191,17 @@ class OnnxRuntimeProgram(Program):
 
 
 class OrtRetainedState:
-    """Retained state in ORT values: `current` is read by the next step, which writes into `spare`."""
+    """Retained state in ORT values: `current` is read by the next step, which writes into `spare`. For a state
+    updated in place, `spare` is `current` itself."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], in_place: frozenset[str] = frozenset()) -> None:
         self.names = list(arrays)
         self.shapes = {name: a.shape for name, a in arrays.items()}
         self.current = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
-        self.spare = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros_like(a)) for name, a in arrays.items()}
+        self.spare = {
+            name: self.current[name] if name in in_place else ort.OrtValue.ortvalue_from_numpy(np.zeros_like(a))
+            for name, a in arrays.items()
+        }
 
     def swap(self) -> None:
         self.current, self.spare = self.spare, self.current
@@ -211,6 +270,7 @@ class OnnxRuntimeBackend(Backend):
             "specializations": specializations,
             "inputs": input_dims,
             "outputs": [o.name for o in graph.graph.output],
+            "in_place_state": in_place_states(onnx.load(str(Path(out_dir) / PROGRAM_FILE), load_external_data=False)),
         }
 
     def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> OnnxRuntimeProgram:

@@ -65,8 +65,20 @@ def graph_code_digest() -> str:
     """Digest of QEfficient's own source that shapes exported graphs (transforms, cache, masks, attention,
     adapters, ONNX symbolics): a change there must not reuse an export cached by older code."""
     root = Path(__file__).resolve().parents[1]
+    return _source_digest(root, [*(root / "base").glob("*.py"), *(root / "transformers").rglob("*.py")])
+
+
+@functools.lru_cache(maxsize=1)
+def backend_code_digest() -> str:
+    """Digest of the backends' source (graph rewrites, quantisation, manifest contents): a change there must not
+    reuse a program compiled by older code."""
+    root = Path(__file__).resolve().parents[1]
+    return _source_digest(root, list((root / "backends").glob("*.py")))
+
+
+def _source_digest(root: Path, paths: list[Path]) -> str:
     digest = hashlib.blake2b(digest_size=8)
-    for path in sorted([*(root / "base").glob("*.py"), *(root / "transformers").rglob("*.py")]):
+    for path in sorted(paths):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -287,6 +299,7 @@ class QEFFBaseModel(ABC):
             "export_hash": self.export_hash,
             "backend": engine.name,
             "backend_version": engine.version,
+            "backend_code": backend_code_digest(),
             "specializations": specializations,
             "options": backend_options,
         }

@@ -62,6 +62,37 @@ def _rows(buffer: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tenso
     return buffer if batch_index is None else buffer.index_select(0, batch_index.reshape(-1))
 
 
+class KVWriteIndices:
+    """Where this step's keys and values go in the cache: per token its source token and slot (`padding_safe_slots`),
+    whether its row has a valid token, and, with continuous batching, the cache row of each batch row.
+
+    One instance serves every layer, and the index tensors a write needs are built once per (heads, head_dim), so the
+    exported graph computes them once per step rather than once per layer and buffer.
+    """
+
+    def __init__(self, position_ids: torch.Tensor, batch_index: torch.Tensor | None = None) -> None:
+        self.source, self.slots, self.row_has_valid = padding_safe_slots(position_ids)
+        self.batch_index = batch_index
+        self._built: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def along_slots(self, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, slot) indices `[B, heads, S, dim]` for a gather/scatter along the slot axis."""
+        key = ("slots", heads, dim)
+        if key not in self._built:
+            self._built[key] = tuple(i[:, None, :, None].expand(-1, heads, -1, dim) for i in (self.source, self.slots))
+        return self._built[key]
+
+    def in_full_cache(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cache row, head, slot) indices `[B, heads, S]` of each written vector in the full cache."""
+        key = ("cache", heads)
+        if key not in self._built:
+            shape = (*self.slots.shape[:1], heads, self.slots.shape[1])
+            rows = self.batch_index.reshape(-1, 1, 1).expand(shape)
+            head = torch.arange(heads, device=self.slots.device).view(1, -1, 1).expand(shape)
+            self._built[key] = (rows, head, self.slots[:, None, :].expand(shape))
+        return self._built[key]
+
+
 class FixedKVLayer(CacheLayerMixin):
     """One layer's retained KV buffers `[B_cache, H_kv, ctx_len, D]`, updated out of place by scatter."""
 
@@ -69,38 +100,37 @@ class FixedKVLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(
-        self,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        source: torch.Tensor,
-        slots: torch.Tensor,
-        row_has_valid: torch.Tensor,
-        batch_index: torch.Tensor | None = None,
-        start: torch.Tensor | None = None,
+        self, keys: torch.Tensor, values: torch.Tensor, indices: KVWriteIndices, start: torch.Tensor | None = None
     ) -> None:
         super().__init__()
         self.keys, self.values = keys, values
         self.start = start
-        self.source, self.slots, self.row_has_valid = source, slots, row_has_valid
-        self.batch_index = batch_index
+        self.indices = indices
         self.is_initialized = True
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """Each token's cache slot `[B, S]` (padding points at its row's first valid token's slot)."""
+        return self.indices.slots
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """The buffers are graph inputs; nothing to allocate."""
 
     def _write(self, buffer: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(new full buffer, the rows this step attends over)."""
-        rows = _rows(buffer, self.batch_index)  # continuous batching: this step's rows of the full cache
+        """(new full buffer, the rows this step attends over). A row without valid tokens re-writes what it holds."""
         heads, dim = states.shape[1], states.shape[-1]
-        source = self.source[:, None, :, None].expand(-1, heads, -1, dim)
-        slots = self.slots[:, None, :, None].expand(-1, heads, -1, dim)
+        indices = self.indices
+        source, slots = indices.along_slots(heads, dim)
         new = torch.gather(states, 2, source)
-        old = torch.gather(rows, 2, slots)
-        new = torch.where(self.row_has_valid[:, :, None, None], new, old)
-        rows = rows.scatter(2, slots, new)
-        if self.batch_index is None:
-            return rows, rows
-        return _put_rows(buffer, self.batch_index, rows), rows
+        valid = indices.row_has_valid[:, :, None, None]
+        if indices.batch_index is None:
+            buffer = buffer.scatter(2, slots, torch.where(valid, new, torch.gather(buffer, 2, slots)))
+            return buffer, buffer
+        # Continuous batching: write straight into the full cache at (cache row, head, slot), one ScatterND the size
+        # of this step's tokens, rather than copying the rows out and back; only attention reads the rows.
+        at = indices.in_full_cache(heads)
+        buffer = buffer.index_put(at, torch.where(valid, new, buffer[at]))
+        return buffer, _rows(buffer, indices.batch_index)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -242,20 +272,20 @@ class FixedCache(Cache):
         batch_index: torch.Tensor | None = None,
         previous_state: bool = False,
     ) -> None:
-        source, slots, row_has_valid = padding_safe_slots(position_ids)
+        indices = KVWriteIndices(position_ids, batch_index)
         self.start = position_ids[0, 0].clamp(min=0)
         # The position column 0 would have if row 0's tokens were contiguous: left padding makes it negative.
         columns = torch.arange(position_ids.shape[1], device=position_ids.device)
         offsets = torch.where(position_ids[0] >= 0, position_ids[0] - columns, position_ids.new_full((), -(2**62)))
         self.query_offset = offsets.max().clamp(min=-position_ids.shape[1])
-        row_valid = row_has_valid.reshape(-1)
+        row_valid = indices.row_has_valid.reshape(-1)
         row_starts = (position_ids == 0).any(dim=1)
         layers: list = []
         for entry in past:
             if isinstance(entry, str):
                 layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
                 continue
-            kv_args = (*(entry.kv or ()), source, slots, row_has_valid, batch_index, self.start)
+            kv_args = (*(entry.kv or ()), indices, self.start)
             recurrent_args = (entry.states, row_valid, row_starts, batch_index, previous_state)
             if entry.kv and entry.states:
                 layers.append(FixedKVAndLinearAttentionLayer(kv_args, recurrent_args))
