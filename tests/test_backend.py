@@ -93,3 +93,74 @@ def test_one_session_serves_every_specialisation(tiny_encoder_dirs) -> None:
     assert program.session().get_inputs()[0].shape == [2, "seq_len"]
     with pytest.raises(ValueError, match="match no compiled specialisation"):  # still only the compiled shapes
         program.run({"input_ids": np.ones((2, 12), np.int64), "attention_mask": np.ones((2, 12), np.int64)})
+
+
+def _state_graph(writer: str, extra_reader_after: bool = False) -> onnx.ModelProto:
+    """X [2, 4] plus updates U [2, 1] written at column I [2, 1]: X_RetainedState by `writer`, and Y = 2 * X read
+    before it (an ancestor: it feeds the updates) or, with `extra_reader_after`, a reader that needs the output."""
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("Mul", ["X", "two"], ["Y"]), h.make_node("Gather", ["Y", "zero"], ["Y0"])]
+    nodes.append(h.make_node("ReduceSum", ["Y0"], ["S"], keepdims=1))
+    nodes.append(h.make_node("Add", ["U", "S"], ["V"]))
+    if writer == "ScatterElements":
+        nodes.append(h.make_node("ScatterElements", ["X", "I", "V"], ["X_RetainedState"], axis=1))
+    elif writer == "ScatterND":
+        nodes.append(h.make_node("ScatterND", ["X", "row", "W"], ["X_RetainedState"]))
+        nodes.insert(-1, h.make_node("ReduceSum", ["V", "zero_axes"], ["VW"], keepdims=1))
+        nodes.insert(-1, h.make_node("Expand", ["VW", "shape_w"], ["W"]))
+    elif writer == "Where":
+        nodes.append(h.make_node("Where", ["mask", "X", "V"], ["X_RetainedState"]))
+    else:
+        nodes.append(h.make_node(writer, ["X"], ["X_RetainedState"], perm=[0, 1]))
+    outputs = [h.make_tensor_value_info("X_RetainedState", tp.FLOAT, [2, 4])]
+    if extra_reader_after:
+        nodes.append(h.make_node("Add", ["X", "X_RetainedState"], ["Z"]))
+        outputs.append(h.make_tensor_value_info("Z", tp.FLOAT, [2, 4]))
+    inits = [
+        onnx.numpy_helper.from_array(np.array(2, np.float32), "two"),
+        onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        onnx.numpy_helper.from_array(np.array([[1]], np.int64), "row"),
+        onnx.numpy_helper.from_array(np.array([0], np.int64), "zero_axes"),
+        onnx.numpy_helper.from_array(np.array([1, 4], np.int64), "shape_w"),
+        onnx.numpy_helper.from_array(np.array([[True, False, True, False]] * 2), "mask"),
+    ]
+    inputs = [
+        h.make_tensor_value_info("X", tp.FLOAT, [2, 4]),
+        h.make_tensor_value_info("U", tp.FLOAT, [2, 1]),
+        h.make_tensor_value_info("I", tp.INT64, [2, 1]),
+    ]
+    graph = h.make_graph(nodes, "state", inputs, outputs, inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("writer", ["ScatterElements", "ScatterND", "Where"])
+def test_state_written_in_place_matches_a_separate_output(writer) -> None:
+    """A state the analysis allows in place gives the same result with its output bound to the input's own buffer
+    as with a fresh output (ONNX Runtime's kernels read before they write)."""
+    import onnxruntime as ort
+
+    from QEfficient.backends.onnxruntime import in_place_states
+
+    model = _state_graph(writer)
+    assert in_place_states(model) == ["X"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    feeds = {"X": x, "U": np.array([[10], [20]], np.float32), "I": np.array([[2], [3]], np.int64)}
+    (expected,) = session.run(None, feeds)
+    buffer = ort.OrtValue.ortvalue_from_numpy(x.copy())
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("X", buffer)
+    binding.bind_cpu_input("U", feeds["U"])
+    binding.bind_cpu_input("I", feeds["I"])
+    binding.bind_ortvalue_output("X_RetainedState", buffer)
+    session.run_with_iobinding(binding)
+    np.testing.assert_array_equal(buffer.numpy(), expected)
+    assert not np.array_equal(expected, x)
+
+
+@pytest.mark.parametrize(("writer", "reader_after"), [("ScatterElements", True), ("Transpose", False)])
+def test_state_not_in_place_when_unsafe(writer, reader_after) -> None:
+    """Not in place when the input is read after the output is written, or the writer moves elements around."""
+    from QEfficient.backends.onnxruntime import in_place_states
+
+    assert in_place_states(_state_graph(writer, reader_after)) == []

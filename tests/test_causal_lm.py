@@ -81,6 +81,17 @@ def test_context_full_stops_cleanly(llama, tokenizer) -> None:
     assert len(out.generated_ids[0]) == 32 - n_prompt
 
 
+def test_kv_cache_is_updated_in_place(llama) -> None:
+    """Every KV buffer's retained output is written into the input's own memory: one buffer per layer, no copy."""
+    program = llama.program
+    assert program.in_place_state == set(program.state_names())
+    state = program.new_state({"batch_size": 1, "seq_len": 1})
+    before = dict(state.current)
+    program.run_with_state({"input_ids": np.array([[5]]), "position_ids": np.array([[0]])}, state)
+    assert all(state.current[name] is before[name] for name in state.names)
+    assert np.abs(state.numpy()["past_key.0"][0, :, 0]).sum() > 0  # the write landed in that buffer
+
+
 def test_writing_past_ctx_len_is_an_error(llama) -> None:
     program = llama.program
     state = program.new_state({"batch_size": 1, "seq_len": 1})
