@@ -1,15 +1,38 @@
-"""QEfficient: HF transformers models on fixed-shape inference backends — export, compile, run, validate."""
+"""QEfficient: HF transformers models on fixed-shape inference backends — export, compile, run, validate.
+
+The model classes need PyTorch and transformers and are imported on first use, so that running a compiled program
+(`QEfficient.backends.open_program`, `QEfficient.generation.text_generation.TextGenerator.from_program`) does not
+load either.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from QEfficient.base.modeling_qeff import QEFFBaseModel  # noqa: E402
-from QEfficient.transformers.models.modeling_auto import (  # noqa: E402
-    QEFFAutoModel,
-    QEFFAutoModelForCausalLM,
-    QEFFAutoModelForSequenceClassification,
-    QEFFTransformersBase,
-)
-from QEfficient.validation import validate  # noqa: E402
+_LAZY = {
+    "QEFFBaseModel": "QEfficient.base.modeling_qeff",
+    "QEFFAutoModel": "QEfficient.transformers.models.modeling_auto",
+    "QEFFAutoModelForCausalLM": "QEfficient.transformers.models.modeling_auto",
+    "QEFFAutoModelForSequenceClassification": "QEfficient.transformers.models.modeling_auto",
+    "QEFFTransformersBase": "QEfficient.transformers.models.modeling_auto",
+    "validate": "QEfficient.validation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'QEfficient' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "QEFFAutoModel",

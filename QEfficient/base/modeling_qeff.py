@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 import QEfficient
-from QEfficient.backends import Program, Specialization, get_backend
-from QEfficient.backends.base import MultiGraphProgram
+from QEfficient.backends import Program, Specialization, get_backend, program_from_manifest
 from QEfficient.base.export_patches import export_patches
 from QEfficient.base.onnx_symbolics import register_symbolics
 from QEfficient.base.onnx_transforms import AddMetadataTransform, OnnxTransform, RemoveUnusedInitializersTransform
@@ -282,11 +281,14 @@ class QEFFBaseModel(ABC):
         specializations: list[Specialization] | dict[str, list[Specialization]],
         backend: str = "onnxruntime",
         compile_dir: str | Path | None = None,
+        metadata: dict[str, Any] | None = None,
         **backend_options: Any,
     ) -> Path:
         """Compile the exported graph for `specializations`; for a multi-graph export, a dict from graph name to
         that graph's specialisations (each graph is compiled into its own subdirectory, and the opened program
-        sends each run to the graph whose specialisation matches)."""
+        sends each run to the graph whose specialisation matches). `metadata` is recorded in the program's manifest
+        (what running the program needs beyond the graph, e.g. the causal LM's generation settings); it must follow
+        from the export and the specialisations, which the program's hash covers."""
         if self.onnx_path is None:
             self.export()
         per_graph = specializations if isinstance(specializations, dict) else {SINGLE_GRAPH: specializations}
@@ -309,7 +311,12 @@ class QEFFBaseModel(ABC):
         )
 
         def build(tmp: Path) -> dict[str, Any]:
-            provenance = {"kind": "program", "compile_hash": compile_hash, "source_export_hash": params["export_hash"]}
+            provenance = {
+                "kind": "program",
+                "compile_hash": compile_hash,
+                "source_export_hash": params["export_hash"],
+                **(metadata or {}),
+            }
             if not isinstance(specializations, dict):
                 return {**engine.compile(self.onnx_path, tmp, specializations, backend_options), **provenance}
             graphs = {}
@@ -320,11 +327,7 @@ class QEFFBaseModel(ABC):
 
         directory, manifest = build_artifact(directory, build, description=f"{engine.name} program")
         self.program_path = directory
-        if "graphs" in manifest:
-            graphs = {name: engine.open(directory / name, meta) for name, meta in manifest["graphs"].items()}
-            self._program = MultiGraphProgram(manifest, graphs)
-        else:
-            self._program = engine.open(directory, manifest)
+        self._program = program_from_manifest(directory, manifest)
         return directory
 
     @property

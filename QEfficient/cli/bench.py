@@ -142,12 +142,15 @@ def _decode_graph(program_dir: Path) -> Path:
     return program_dir / "decode" / "model.onnx" if (program_dir / "decode").is_dir() else program_dir / "model.onnx"
 
 
-def _set_threads(threads: int) -> None:
+def _set_threads(threads: int, torch_too: bool = True) -> None:
+    """Thread counts for ONNX Runtime and OpenMP, and for PyTorch unless this process must not load it (a QEfficient
+    engine runs the compiled program alone)."""
     os.environ["QEFF_NUM_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    if torch_too:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 def _bandwidth_child(threads: int, gib: float = 1.0, repeats: int = 7) -> float:
@@ -194,9 +197,6 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
         "source": source,
         "hf_folder": folder,
         "programs": programs,
-        "compile_config": dict(model.compile_config),
-        "left_padding": bool(model.model.has_recurrent_state),
-        "single_chunk_prefill": bool(model.single_chunk_prefill),
         "prompt_ids": prompt,
         "eval_ids": eval_ids,
         "eval_words": len(EVAL_TEXT.split()),
@@ -266,33 +266,14 @@ class _QEffEngine:
     """QEfficient's compiled program, opened from the cache without the PyTorch model."""
 
     def __init__(self, config: BenchConfig, prep: dict[str, Any], weights: str) -> None:
-        from QEfficient.backends import get_backend
-        from QEfficient.backends.base import MultiGraphProgram
         from QEfficient.generation.text_generation import TextGenerator
-        from QEfficient.utils.cache import MANIFEST_NAME
 
         directory = Path(prep["programs"][weights])
-        manifest = json.loads((directory / MANIFEST_NAME).read_text())
-        backend = get_backend(manifest["backend"])
-        if "graphs" in manifest:
-            graphs = {name: backend.open(directory / name, meta) for name, meta in manifest["graphs"].items()}
-            program = MultiGraphProgram(manifest, graphs)
-        else:
-            program = backend.open(directory, manifest)
+        self.generator = TextGenerator.from_program(directory)  # the program alone: no PyTorch in this process
+        self.generator.eos_token_ids = set()  # no EOS: the same token count for every engine
+        program = self.generator.program
         program.load_all()
-        cc = prep["compile_config"]
-        self.model = _CompiledModel(program, cc)
-        self.generator = TextGenerator(
-            program,
-            None,
-            cc["prefill_seq_len"],
-            cc["ctx_len"],
-            1,
-            None,
-            (),  # no EOS: the same token count for every engine
-            left_padding=prep["left_padding"],
-            single_chunk_prefill=prep["single_chunk_prefill"],
-        )
+        self.model = _CompiledModel(program, program.manifest["generation"])
         self.prompt = prep["prompt_ids"]
         self.weight_bytes = matmul_weight_bytes(_decode_graph(directory))
 
@@ -397,7 +378,7 @@ class _GenAIEngine:
 def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[str, Any]) -> None:
     """A child's loop: build the engine, warm it up, then answer ("round" | "quality" | "rss" | "stop")."""
     try:
-        _set_threads(config.threads)
+        _set_threads(config.threads, torch_too=kind not in QEFF_WEIGHTS)
         if kind == "hf":
             engine: Any = _HFEngine(config, prep)
         elif kind in QEFF_WEIGHTS:

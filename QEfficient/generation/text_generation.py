@@ -12,11 +12,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from QEfficient.backends import Program
+from QEfficient.backends import Program, open_program
 from QEfficient.generation.metrics import PerfMetrics
 from QEfficient.generation.sampling import Sampler, SamplingParams
 
@@ -73,6 +74,40 @@ class TextGenerator:
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.pad_token_id = int(pad if pad is not None else 0)  # its value is never read: padding has position -1
+
+    @classmethod
+    def with_settings(cls, program: Program, tokenizer: Any, settings: dict[str, Any]) -> TextGenerator:
+        """A generator for `program` with `QEFFAutoModelForCausalLM.generation_settings()`; EOS ids are the model's
+        and the tokenizer's."""
+        eos = set(settings["eos_token_ids"])
+        value = getattr(tokenizer, "eos_token_id", None)
+        eos |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        return cls(
+            program,
+            tokenizer,
+            settings["prefill_seq_len"],
+            settings["ctx_len"],
+            settings["batch_size"],
+            settings["full_batch_size"],
+            sorted(eos),
+            left_padding=settings["left_padding"],
+            single_chunk_prefill=settings["single_chunk_prefill"],
+        )
+
+    @classmethod
+    def from_program(cls, program: str | Path | Program, tokenizer: Any = None) -> TextGenerator:
+        """A generator for a compiled causal-LM program on its own: its directory (what `compile()` returned) or the
+        opened program. Neither the PyTorch model nor PyTorch is loaded, so the process holds the program's weights
+        and little else. Without a tokenizer, prompts are token ids and outputs are ids only."""
+        if not isinstance(program, Program):
+            program = open_program(program)
+        settings = program.manifest.get("generation")
+        if settings is None:
+            raise ValueError(
+                "This program has no generation settings in its manifest: it was not compiled by "
+                "QEFFAutoModelForCausalLM.compile() (or by an older QEfficient); compile it again."
+            )
+        return cls.with_settings(program, tokenizer, settings)
 
     # ---- input preparation ----------------------------------------------------------------------
 

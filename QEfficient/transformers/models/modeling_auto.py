@@ -755,7 +755,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "batch_size": batch_size,
             "full_batch_size": full_batch_size,
         }
-        program = self._compile(specs, backend=backend, compile_dir=compile_dir, **backend_options)
+        generation = {"generation": self.generation_settings()}  # so the program runs on its own (`from_program`)
+        program = self._compile(specs, backend=backend, compile_dir=compile_dir, metadata=generation, **backend_options)
         self.program.load_all()  # prefill and decode both run in every generate: open them now
         return program
 
@@ -766,25 +767,24 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         prefill = self.compile_config.get("prefill_seq_len", 32)
         return self.model.prefill_starts_from_zero and prefill > 1
 
-    def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
-        """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile
-        settings: prompt padding side, prefill chunking, EOS ids."""
-        from QEfficient.generation.text_generation import TextGenerator
-
+    def generation_settings(self) -> dict[str, Any]:
+        """What driving the compiled program needs besides the graph: the compile shapes, the model's EOS ids, the
+        prompt padding side and prefill chunking. Recorded in the program's manifest by `compile`."""
         if not self.compile_config:
             raise RuntimeError("QEFFAutoModelForCausalLM is not compiled yet; call .compile(...) first.")
-        config = self.compile_config
-        return TextGenerator(
-            program or self.program,
-            tokenizer,
-            config["prefill_seq_len"],
-            config["ctx_len"],
-            config["batch_size"],
-            config["full_batch_size"],
-            self.eos_token_ids(tokenizer),
-            left_padding=self.model.has_recurrent_state,
-            single_chunk_prefill=self.single_chunk_prefill,
-        )
+        return {
+            **self.compile_config,
+            "eos_token_ids": self.eos_token_ids(),
+            "left_padding": self.model.has_recurrent_state,
+            "single_chunk_prefill": self.single_chunk_prefill,
+        }
+
+    def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
+        """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile
+        settings: prompt padding side, prefill chunking, EOS ids (the model's and the tokenizer's)."""
+        from QEfficient.generation.text_generation import TextGenerator
+
+        return TextGenerator.with_settings(program or self.program, tokenizer, self.generation_settings())
 
     def eos_token_ids(self, tokenizer: Any = None) -> list[int]:
         """End-of-sequence ids from the generation config, the model config and the tokenizer."""
