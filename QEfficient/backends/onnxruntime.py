@@ -8,8 +8,13 @@ overrides; those that differ (e.g. `seq_len`: prefill P, decode 1) stay symbolic
 only the compiled shapes: `run` checks every input against the specialisations first.
 
 Options: `optimization_level` (offline, default "extended"), `session_optimization_level` (default "all"),
-`providers`, and weight quantisation (`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" |
-"int4"), `block_size` (32), `accuracy_level` (4), `symmetric` (True).
+`providers`, `split_weights_mb` (MatMul weights larger than this are split into column blocks, so that opening
+the program peaks lower: `QEfficient/backends/weight_split.py`; default 16, 0 = never), and weight quantisation
+(`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" | "int4"), `block_size` (32),
+`accuracy_level` (4), `symmetric` (True).
+
+The state analysis `in_place_states` (recorded in the manifest) lets `run_with_state` write each retained-state
+output into its input's own buffer.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from QEfficient.backends.quantization import (
     check_weight_options,
     quantize_weights,
 )
+from QEfficient.backends.weight_split import DEFAULT_SPLIT_WEIGHTS_MB, split_large_weights
 
 logger = logging.getLogger(__name__)
 
 PROGRAM_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
-_OPTIONS = ("optimization_level", "session_optimization_level", "providers")
+_OPTIONS = ("optimization_level", "session_optimization_level", "providers", "split_weights_mb")
 QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric")
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -243,12 +249,20 @@ class OnnxRuntimeBackend(Backend):
                 f"{', '.join([*_OPTIONS, *QUANTIZATION_OPTIONS])}."
             )
         check_weight_options(options)
+        split = options.setdefault("split_weights_mb", DEFAULT_SPLIT_WEIGHTS_MB)
+        if not isinstance(split, (int, float)) or split < 0:
+            raise ValueError(f"split_weights_mb must be a number of MB >= 0 (0: never split); got {split!r}.")
+        scratch = []  # intermediate graphs, removed once the optimised program is written
         if options["weights"] == "fp32":
             for key in QUANTIZATION_OPTIONS[1:]:
                 options.pop(key, None)
         else:  # quantised weights: the offline optimisation starts from the quantised graph
             options = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, **options}
             onnx_path = quantize_weights(onnx_path, Path(out_dir) / "quantized", options)
+            scratch.append(onnx_path.parent)
+        if split and (split_path := split_large_weights(onnx_path, Path(out_dir) / "split", split)) is not None:
+            onnx_path = split_path
+            scratch.append(onnx_path.parent)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = _LEVELS[options["optimization_level"]]
         session_options.optimized_model_filepath = str(Path(out_dir) / PROGRAM_FILE)
@@ -261,8 +275,8 @@ class OnnxRuntimeBackend(Backend):
         session_options.log_severity_level = 3
         # Offline optimisation on the CPU provider gives a graph that every provider can load.
         ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
-        if options["weights"] != "fp32":  # the quantised graph lives on in the optimised program
-            shutil.rmtree(Path(out_dir) / "quantized")
+        for directory in scratch:  # the intermediate graphs live on in the optimised program
+            shutil.rmtree(directory)
         return {
             "backend": self.name,
             "backend_version": self.version,

@@ -313,6 +313,7 @@ class QEFFBaseModel(ABC):
         def build(tmp: Path) -> dict[str, Any]:
             provenance = {
                 "kind": "program",
+                "backend": engine.name,
                 "compile_hash": compile_hash,
                 "source_export_hash": params["export_hash"],
                 **(metadata or {}),
@@ -323,7 +324,7 @@ class QEFFBaseModel(ABC):
             for name, specs in specializations.items():
                 (tmp / name).mkdir()
                 graphs[name] = engine.compile(self.onnx_paths[name], tmp / name, specs, backend_options)
-            return {"backend": engine.name, "graphs": graphs, **provenance}
+            return {"graphs": graphs, **provenance}
 
         directory, manifest = build_artifact(directory, build, description=f"{engine.name} program")
         self.program_path = directory
