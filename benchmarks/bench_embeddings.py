@@ -35,29 +35,93 @@ def default_model_path() -> str | None:
 
 # ---- corpus -------------------------------------------------------------------------------------------
 
-_SUBJECTS = ["The committee", "A young engineer", "Our team", "The city council", "My neighbour", "The new model",
-             "Researchers at the university", "The old library", "A small startup", "The weather service",
-             "Most customers", "The train to Berlin", "This recipe", "The football club", "Her latest novel"]
-_VERBS = ["announced", "rejected", "improved", "described", "reviewed", "postponed", "celebrated", "measured",
-          "questioned", "published", "explained", "repaired", "predicted", "compared", "recommended"]
-_OBJECTS = ["the annual budget", "a faster algorithm", "the results of the survey", "the broken bridge",
-            "a plan for cheaper housing", "the winter schedule", "the quarterly earnings", "a new vaccine trial",
-            "the museum's opening hours", "several safety issues", "the price of electricity", "an open letter",
-            "the final match", "a list of requirements", "the migration of birds"]
-_TAILS = ["yesterday", "last week", "after a long debate", "despite the heavy rain", "on Tuesday morning",
-          "for the third time this year", "without any warning", "in front of a large crowd",
-          "according to local reports", "ahead of the holidays", "with mixed results", "at short notice"]
-_WORDS = ("data system network energy policy market water school health travel music science history river "
-          "mountain coffee garden software hardware battery vehicle climate ocean forest village language "
-          "question answer result method process model training evaluation benchmark accuracy latency "
-          "throughput memory storage cloud server client request response error warning update release "
-          "version feature support community meeting report analysis budget growth price cost quality "
-          "customer product service delivery shipping payment account password security privacy "
-          "important quickly carefully although however because therefore meanwhile during between "
-          "against without within around several many few small large modern ancient public private").split()
-_QUESTIONS = ["How do I reset my password?", "What time does the pharmacy close?", "Is it going to rain today?",
-              "Where can I find cheap flights to Lisbon?", "Why is the sky blue?", "Who wrote this song?",
-              "Best pizza near me", "how to cook rice", "python sort list of dicts by key", "weather tomorrow"]
+_SUBJECTS = [
+    "The committee",
+    "A young engineer",
+    "Our team",
+    "The city council",
+    "My neighbour",
+    "The new model",
+    "Researchers at the university",
+    "The old library",
+    "A small startup",
+    "The weather service",
+    "Most customers",
+    "The train to Berlin",
+    "This recipe",
+    "The football club",
+    "Her latest novel",
+]
+_VERBS = [
+    "announced",
+    "rejected",
+    "improved",
+    "described",
+    "reviewed",
+    "postponed",
+    "celebrated",
+    "measured",
+    "questioned",
+    "published",
+    "explained",
+    "repaired",
+    "predicted",
+    "compared",
+    "recommended",
+]
+_OBJECTS = [
+    "the annual budget",
+    "a faster algorithm",
+    "the results of the survey",
+    "the broken bridge",
+    "a plan for cheaper housing",
+    "the winter schedule",
+    "the quarterly earnings",
+    "a new vaccine trial",
+    "the museum's opening hours",
+    "several safety issues",
+    "the price of electricity",
+    "an open letter",
+    "the final match",
+    "a list of requirements",
+    "the migration of birds",
+]
+_TAILS = [
+    "yesterday",
+    "last week",
+    "after a long debate",
+    "despite the heavy rain",
+    "on Tuesday morning",
+    "for the third time this year",
+    "without any warning",
+    "in front of a large crowd",
+    "according to local reports",
+    "ahead of the holidays",
+    "with mixed results",
+    "at short notice",
+]
+_WORDS = (
+    "data system network energy policy market water school health travel music science history river "
+    "mountain coffee garden software hardware battery vehicle climate ocean forest village language "
+    "question answer result method process model training evaluation benchmark accuracy latency "
+    "throughput memory storage cloud server client request response error warning update release "
+    "version feature support community meeting report analysis budget growth price cost quality "
+    "customer product service delivery shipping payment account password security privacy "
+    "important quickly carefully although however because therefore meanwhile during between "
+    "against without within around several many few small large modern ancient public private"
+).split()
+_QUESTIONS = [
+    "How do I reset my password?",
+    "What time does the pharmacy close?",
+    "Is it going to rain today?",
+    "Where can I find cheap flights to Lisbon?",
+    "Why is the sky blue?",
+    "Who wrote this song?",
+    "Best pizza near me",
+    "how to cook rice",
+    "python sort list of dicts by key",
+    "weather tomorrow",
+]
 
 
 def _clause(rng: random.Random) -> str:
@@ -75,8 +139,11 @@ def make_corpus(n: int, seed: int = 0) -> list[str]:
     for _ in range(n):
         kind = rng.random()
         if kind < 0.25:  # short queries and titles
-            out.append(rng.choice(_QUESTIONS) if rng.random() < 0.5 else
-                       " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 8))).capitalize())
+            out.append(
+                rng.choice(_QUESTIONS)
+                if rng.random() < 0.5
+                else " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 8))).capitalize()
+            )
         elif kind < 0.75:  # one sentence
             out.append(_clause(rng) + ".")
         elif kind < 0.93:  # two or three sentences
@@ -88,6 +155,7 @@ def make_corpus(n: int, seed: int = 0) -> list[str]:
 
 
 # ---- run ----------------------------------------------------------------------------------------------
+
 
 def machine_info() -> str:
     cpu = platform.processor() or platform.machine()
@@ -132,14 +200,27 @@ def main() -> None:
     parser.add_argument("--num-sentences", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per engine (interleaved)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", nargs="+", default=["dynamic"],
-                        help="compiled sequence lengths (e.g. 16 32 64 128 256), or 'dynamic' (default): each "
-                             "batch padded only to its longest sentence")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for both engines (default: $QEFF_NUM_THREADS, else all usable cores)")
+    parser.add_argument(
+        "--seq-len",
+        nargs="+",
+        default=["dynamic"],
+        help="compiled sequence lengths (e.g. 16 32 64 128 256), or 'dynamic' (default): each "
+        "batch padded only to its longest sentence",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for both engines (default: $QEFF_NUM_THREADS, else all usable cores)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8", "int4"],
-                        help="QEfficient weight precisions to run (default: fp32 int8)")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=["fp32", "int8"],
+        choices=["fp32", "int8", "int4"],
+        help="QEfficient weight precisions to run (default: fp32 int8)",
+    )
     args = parser.parse_args()
     args.seq_len = "dynamic" if args.seq_len == ["dynamic"] else [int(s) for s in args.seq_len]
     if args.model is None:
@@ -189,8 +270,10 @@ def main() -> None:
     lengths = np.array([len(r) for r in ours.tokenizer(sentences)["input_ids"]])
     max_seq = getattr(st, "max_seq_length", None)
     if max_seq is not None and lengths.max() > max_seq:
-        print(f"warning: {int((lengths > max_seq).sum())} sentences exceed ST's max_seq_length {max_seq}; "
-              "ST truncates them, so the embeddings differ")
+        print(
+            f"warning: {int((lengths > max_seq).sum())} sentences exceed ST's max_seq_length {max_seq}; "
+            "ST truncates them, so the embeddings differ"
+        )
 
     # ---- timed, interleaved ----
     cores = os.cpu_count() or 1
@@ -220,33 +303,46 @@ def main() -> None:
 
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"machine: {machine_info()}; threads per engine: {threads}")
-    print(f"versions: torch {torch.__version__}, onnxruntime {ort.__version__}, "
-          f"transformers {transformers.__version__}")
+    print(
+        f"versions: torch {torch.__version__}, onnxruntime {ort.__version__}, transformers {transformers.__version__}"
+    )
     print(f"model: {args.model}")
-    print(f"corpus: {len(sentences)} sentences (seed {args.seed}), tokens min/median/mean/p90/max = "
-          f"{lengths.min()}/{int(np.median(lengths))}/{lengths.mean():.1f}/{int(np.percentile(lengths, 90))}/"
-          f"{lengths.max()}")
-    print(f"QEfficient: {', '.join(args.weights)}, compiled seq_len {args.seq_len} x batch_size {batch_sizes}, "
-          f"cache {cache}")
+    print(
+        f"corpus: {len(sentences)} sentences (seed {args.seed}), tokens min/median/mean/p90/max = "
+        f"{lengths.min()}/{int(np.median(lengths))}/{lengths.mean():.1f}/{int(np.percentile(lengths, 90))}/"
+        f"{lengths.max()}"
+    )
+    print(
+        f"QEfficient: {', '.join(args.weights)}, compiled seq_len {args.seq_len} x batch_size {batch_sizes}, "
+        f"cache {cache}"
+    )
     setup = ", ".join(f"{w} {ours_compile[w]:.1f} s + first encode {ours_first[w]:.1f} s" for w in args.weights)
     print(f"warm-up, not timed: ST load+encode {st_setup:.1f} s; ours load+export+compile: {setup}")
     print(f"timed: {args.rounds} interleaved rounds per engine, batch_size {args.batch_size}, median reported\n")
-    print("| engine | sentences/s (median) | min..max | ratio vs ST (medians) | paired ratio | "
-          "max abs diff vs ST | min cosine vs ST |")
+    print(
+        "| engine | sentences/s (median) | min..max | ratio vs ST (medians) | paired ratio | "
+        "max abs diff vs ST | min cosine vs ST |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     st_times = times["sentence-transformers"]
     for name in engines:
         lo, hi = len(sentences) / max(times[name]), len(sentences) / min(times[name])
         paired = statistics.median(s / o for s, o in zip(st_times, times[name]))
         quality = f"{diffs[name]:.2e} | {cosines[name]:.5f}" if name in models else "- | -"
-        print(f"| {name} | {rate[name]:.1f} | {lo:.0f}..{hi:.0f} | {rate[name] / rate['sentence-transformers']:.2f}x "
-              f"| {paired:.2f}x | {quality} |")
+        print(
+            f"| {name} | {rate[name]:.1f} | {lo:.0f}..{hi:.0f} | {rate[name] / rate['sentence-transformers']:.2f}x "
+            f"| {paired:.2f}x | {quality} |"
+        )
     busiest = max(other_load)
-    print(f"\nCPU used by other processes while timing: median {statistics.median(other_load):.0%}, max {busiest:.0%}"
-          + (" -- the machine was shared, numbers are unreliable" if busiest > 0.1 else ""))
+    print(
+        f"\nCPU used by other processes while timing: median {statistics.median(other_load):.0%}, max {busiest:.0%}"
+        + (" -- the machine was shared, numbers are unreliable" if busiest > 0.1 else "")
+    )
     failed = [n for n in models if (n.endswith("fp32") and diffs[n] >= 1e-5) or cosines[n] < 0.99]
-    print("quality: fp32 must be within 1e-5 of ST, quantised programs at cosine >= 0.99: "
-          + ("FAIL " + ", ".join(failed) if failed else "OK"))
+    print(
+        "quality: fp32 must be within 1e-5 of ST, quantised programs at cosine >= 0.99: "
+        + ("FAIL " + ", ".join(failed) if failed else "OK")
+    )
     if failed:
         raise SystemExit(1)
 
