@@ -21,9 +21,11 @@ How it measures:
   (`QEfficient.generation.quality.perplexity`); HF eager's is one forward over the same tokens.
 
 `--peers` adds optimum-onnx (`optimum.onnxruntime.ORTModelForCausalLM`, exported from the same HF folder) and
-onnxruntime-genai (a model built by `onnxruntime_genai.models.builder`, int4) when they are importable, and
-prints a 'not installed' line otherwise. optimum-onnx pins transformers 4.57 while QEfficient needs its own
-transformers version, so the two cannot share one environment: give optimum-onnx its own and run the peer
+onnxruntime-genai (models built by `onnxruntime_genai.models.builder`, int4 and fp32) when they are importable, and
+prints a 'not installed' line otherwise. onnxruntime-genai installs beside QEfficient
+(`pip install --no-deps onnxruntime-genai`: it needs only numpy and onnxruntime >= 1.31). optimum-onnx pins
+transformers 4.57 while QEfficient needs its own transformers version, so the two cannot share one
+environment: give optimum-onnx its own and run the peer
 part of this file there, on the HF folder this command prints ("HF folder: ..."):
 
     python -m venv ~/venv-optimum
@@ -53,15 +55,19 @@ from pathlib import Path
 from typing import Any
 
 QEFF_WEIGHTS = ("fp32", "int8", "int4")
-PEERS = ("optimum", "genai")
+PEERS = ("optimum", "genai", "genai-fp32")
 EVAL_TOKENS = 200
 WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
 BENCH_TEXT = (
     "The history of the city begins with a small fishing village on the river, where traders from the north "
     "and the south met every spring to exchange salt, wool, grain and stories about the lands beyond the sea."
 )
-PEER_NAMES = {"optimum": "optimum-onnx (ORTModelForCausalLM)", "genai": "onnxruntime-genai (int4)"}
-PEER_MODULES = {"optimum": "optimum.onnxruntime", "genai": "onnxruntime_genai"}
+PEER_NAMES = {
+    "optimum": "optimum-onnx (ORTModelForCausalLM)",
+    "genai": "onnxruntime-genai (int4)",
+    "genai-fp32": "onnxruntime-genai (fp32)",
+}
+PEER_MODULES = {"optimum": "optimum.onnxruntime", "genai": "onnxruntime_genai", "genai-fp32": "onnxruntime_genai"}
 
 
 @dataclass
@@ -326,19 +332,20 @@ class _OptimumEngine:
 
 
 class _GenAIEngine:
-    """onnxruntime-genai on an int4 CPU model built once by its builder from the HF folder (cached next to it)."""
+    """onnxruntime-genai on a CPU model (int4 or fp32) built once by its builder from the HF folder (cached next to
+    it)."""
 
-    def __init__(self, folder: str, prompt_ids: list[int], threads: int) -> None:
+    def __init__(self, folder: str, prompt_ids: list[int], threads: int, precision: str = "int4") -> None:
         import subprocess
 
         import onnxruntime_genai as og
 
         self.og = og
-        out = Path(folder).parent / f"{Path(folder).name}-ort-genai-int4"
+        out = Path(folder).parent / f"{Path(folder).name}-ort-genai-{precision}"
         if not (out / "genai_config.json").is_file():
             subprocess.run(
                 [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", str(out)]
-                + ["-p", "int4", "-e", "cpu", "-c", str(out.with_name(out.name + "-cache"))],
+                + ["-p", precision, "-e", "cpu", "-c", str(out.with_name(out.name + "-cache"))],
                 check=True,
             )
         config = json.loads((out / "genai_config.json").read_text())
@@ -386,7 +393,8 @@ def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[st
         elif kind == "optimum":
             engine = _OptimumEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
         else:
-            engine = _GenAIEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
+            precision = "fp32" if kind == "genai-fp32" else "int4"
+            engine = _GenAIEngine(prep["hf_folder"], prep["prompt_ids"], config.threads, precision)
         engine.round(2)  # warm-up
         connection.send(("ready", {"weight_bytes": engine.weight_bytes}))
         while True:
@@ -694,7 +702,10 @@ def _standalone_child(
     peer: str, folder: str, ids: list[int], new_tokens: int, rounds: int, threads: int
 ) -> dict[str, Any]:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    engine = (_OptimumEngine if peer == "optimum" else _GenAIEngine)(folder, ids, threads)
+    if peer == "optimum":
+        engine: Any = _OptimumEngine(folder, ids, threads)
+    else:
+        engine = _GenAIEngine(folder, ids, threads, "fp32" if peer == "genai-fp32" else "int4")
     engine.round(2)
     results = [engine.round(new_tokens) for _ in range(rounds)]
     return {"rounds": results, "rss": _peak_rss_mb(), "weight_bytes": engine.weight_bytes}
