@@ -95,6 +95,25 @@ def test_one_session_serves_every_specialisation(tiny_encoder_dirs) -> None:
         program.run({"input_ids": np.ones((2, 12), np.int64), "attention_mask": np.ones((2, 12), np.int64)})
 
 
+def test_program_opens_on_its_own(tiny_encoder_dirs) -> None:
+    """`open_program(dir)` runs a compiled program without its model; a text generator refuses an encoder's."""
+    from QEfficient.backends import open_program
+    from QEfficient.generation.text_generation import TextGenerator
+
+    model = QEFFAutoModel.from_pretrained(tiny_encoder_dirs["bert"], pooling="cls")
+    program_dir = model.compile(seq_len=16, batch_size=2)
+    inputs = {
+        k: v.astype(np.int64)
+        for k, v in model.tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="np").items()
+        if k in model.program.input_names
+    }
+    alone = open_program(program_dir)
+    for name, value in model.program.run(inputs).items():
+        np.testing.assert_array_equal(alone.run(inputs)[name], value)
+    with pytest.raises(ValueError, match="no generation settings"):
+        TextGenerator.from_program(program_dir)
+
+
 def _state_graph(writer: str, extra_reader_after: bool = False) -> onnx.ModelProto:
     """X [2, 4] plus updates U [2, 1] written at column I [2, 1]: X_RetainedState by `writer`, and Y = 2 * X read
     before it (an ancestor: it feeds the updates) or, with `extra_reader_after`, a reader that needs the output."""

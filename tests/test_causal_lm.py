@@ -318,3 +318,33 @@ def test_sparse_indexed_attention_keeps_indexer_keys(model_type: str, tmp_path) 
     assert "past_indexer_key.0_RetainedState" in model.model.output_names()
     report = validate_causal_lm(model, sweep_prompts(), None, generation_len=24, prefill_seq_len=8, ctx_len=64)
     assert report.passed, report.table()
+
+
+def test_compiled_program_runs_on_its_own(llama, tokenizer) -> None:
+    """`TextGenerator.from_program(dir)` gives the model's own tokens, in a process that never imports torch."""
+    import json
+    import subprocess
+    import sys
+
+    from QEfficient.generation.text_generation import TextGenerator
+
+    expected = llama.generate(prompts=[LONG], generation_len=8).generated_ids
+    assert TextGenerator.from_program(llama.program_path, tokenizer).generate([LONG], 8).generated_ids == expected
+    ids = tokenizer(LONG)["input_ids"]
+    script = (
+        "import json, sys\n"
+        "from QEfficient.generation.text_generation import TextGenerator\n"
+        f"out = TextGenerator.from_program({str(llama.program_path)!r}).generate([{ids!r}], 8)\n"
+        "print(json.dumps({'ids': out.generated_ids, 'torch': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"ids": expected, "torch": False}
+
+
+def test_opening_something_that_is_not_a_program(llama, tmp_path) -> None:
+    from QEfficient.backends import open_program
+
+    with pytest.raises(FileNotFoundError, match="No compiled program"):
+        open_program(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a compiled program"):
+        open_program(llama.onnx_path.parent)  # the export, not a program
