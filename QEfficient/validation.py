@@ -266,7 +266,7 @@ def _hf_greedy(hf_model: Any, ids: list[int], generation_len: int) -> list[int]:
 def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dict[str, Any]:
     """Stage name -> a callable opening that stage's program (transformed PyTorch, raw ONNX, compiled)."""
     from QEfficient.backends.base import MultiGraphProgram
-    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims
+    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims, in_place_states
     from QEfficient.backends.pytorch import PyTorchProgram
 
     model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1)
@@ -276,9 +276,8 @@ def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dic
         """The exported graph before the backend's compile, with the compiled program's specialisations."""
         raw = onnx.load(str(path), load_external_data=False)
         options = {**compiled["options"], "session_optimization_level": "all"}
-        return OnnxRuntimeProgram(
-            path.parent, {**compiled, "file": path.name, "inputs": graph_input_dims(raw), "options": options}
-        )
+        manifest = {**compiled, "file": path.name, "inputs": graph_input_dims(raw), "options": options}
+        return OnnxRuntimeProgram(path.parent, {**manifest, "in_place_state": in_place_states(raw)})
 
     def onnx_runtime() -> Any:
         if "graphs" not in manifest:

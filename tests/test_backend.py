@@ -152,7 +152,7 @@ def _state_graph(writer: str, extra_reader_after: bool = False) -> onnx.ModelPro
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("writer", ["ScatterElements", "ScatterND", "Where"])
+@pytest.mark.parametrize("writer", ["ScatterElements", "ScatterND"])
 def test_state_written_in_place_matches_a_separate_output(writer) -> None:
     """A state the analysis allows in place gives the same result with its output bound to the input's own buffer
     as with a fresh output (ONNX Runtime's kernels read before they write)."""
@@ -177,9 +177,12 @@ def test_state_written_in_place_matches_a_separate_output(writer) -> None:
     assert not np.array_equal(expected, x)
 
 
-@pytest.mark.parametrize(("writer", "reader_after"), [("ScatterElements", True), ("Transpose", False)])
+@pytest.mark.parametrize(
+    ("writer", "reader_after"), [("ScatterElements", True), ("Transpose", False), ("Where", False)]
+)
 def test_state_not_in_place_when_unsafe(writer, reader_after) -> None:
-    """Not in place when the input is read after the output is written, or the writer moves elements around."""
+    """Not in place when the input is read after the output is written, or the writer is not a scatter (ONNX Runtime's
+    `Where` fills its output in two passes)."""
     from QEfficient.backends.onnxruntime import in_place_states
 
     assert in_place_states(_state_graph(writer, reader_after)) == []

@@ -77,17 +77,19 @@ def graph_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     }
 
 
-# Ops that may write their output into the memory of the given input: a scatter copies its data input (a no-op when
-# both are one buffer) and then writes; an element-wise select reads each element before writing the same one.
-_IN_PLACE_INPUTS = {"ScatterElements": (0,), "ScatterND": (0,), "Where": (1, 2)}
+# Ops that may write their output into the memory of their data input: ONNX Runtime's scatters copy the data input
+# to the output (nothing to do when both are one buffer) and then write the updates. Element-wise ops are not among
+# them: ONNX Runtime's `Where`, for one, fills its output in two passes and would read an input it already overwrote
+# (measured: Zaya's recurrent state, written by `Where`, went wrong in place).
+_IN_PLACE_INPUTS = {"ScatterElements": (0,), "ScatterND": (0,)}
 _METADATA_OPS = ("Shape", "Size")  # they read a tensor's shape, never its data
 
 
 def in_place_states(model: onnx.ModelProto) -> list[str]:
     """Retained-state inputs `X` whose output `X_RetainedState` can be written into `X`'s own buffer.
 
-    That holds when the node producing the output is a scatter (data input `X`) or a `Where` selecting from `X`, and
-    every other node reading `X`'s data is one of its ancestors, so it runs first in any topological order. Then binding
+    That holds when the node producing the output is a scatter whose data input is `X`, and every other node reading
+    `X`'s data is one of its ancestors, so it runs first in any topological order. Then binding
     the output to the input's memory makes the step update the cache in place: no copy of the whole cache per step,
     and one buffer instead of two.
     """
