@@ -680,9 +680,10 @@ def _standalone(argv: list[str]) -> int:
     if not _importable(PEER_MODULES[args.peer]):
         print(f"{PEER_NAMES[args.peer]}: not installed ({PEER_MODULES[args.peer]} is not importable)")
         return 1
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(args.hf_folder)
+    # tokenizer.json directly: the folder's tokenizer_config may name a class of a newer transformers than this one
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(args.hf_folder) / "tokenizer.json"))
     ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 16))["input_ids"][: args.prompt_tokens]
     context = multiprocessing.get_context("spawn")
     rows = _in_child(
