@@ -29,7 +29,7 @@ environment: give optimum-onnx its own and run the peer
 part of this file there, on the HF folder this command prints ("HF folder: ..."):
 
     python -m venv ~/venv-optimum
-    ~/venv-optimum/bin/pip install "optimum-onnx[onnxruntime]" onnxruntime-genai
+    ~/venv-optimum/bin/pip install torch==2.13.0 "optimum-onnx[onnxruntime]"   # pin torch: else a CUDA build
     ~/venv-optimum/bin/python QEfficient/cli/bench.py --peer optimum --hf-folder FOLDER \\
         [--prompt-tokens 24] [--new-tokens 128] [--rounds 3] [--threads N]
 
@@ -581,7 +581,7 @@ def _report(
     for peer in missing_peers:
         lines.append(
             f"{PEER_NAMES[peer]}: not installed ({PEER_MODULES[peer]} is not importable here). optimum-onnx pins "
-            "transformers 4.57, so give it its own venv (pip install 'optimum-onnx[onnxruntime]' onnxruntime-genai) "
+            "transformers 4.57, so give it its own venv (pip install torch==2.13.0 'optimum-onnx[onnxruntime]') "
             f"and run there: python QEfficient/cli/bench.py --peer {peer} --hf-folder {prep['hf_folder']}"
         )
     import onnxruntime
