@@ -24,6 +24,16 @@ from QEfficient.generation.sampling import Sampler, SamplingParams
 FINISH_REASONS = ("eos", "stop_string", "length", "ctx_full")
 
 
+def eos_token_ids(*sources: Any) -> list[int]:
+    """The `eos_token_id`s of `sources` (generation config, model config, tokenizer; None is skipped), each an int, a
+    list of ints or None."""
+    ids: set[int] = set()
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        ids |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+    return sorted(ids)
+
+
 @dataclass
 class GenerationOutput:
     """What `generate` returns: per prompt, the new text, its token ids and why it stopped."""
@@ -79,9 +89,7 @@ class TextGenerator:
     def with_settings(cls, program: Program, tokenizer: Any, settings: dict[str, Any]) -> TextGenerator:
         """A generator for `program` with `QEFFAutoModelForCausalLM.generation_settings()`; EOS ids are the model's
         and the tokenizer's."""
-        eos = set(settings["eos_token_ids"])
-        value = getattr(tokenizer, "eos_token_id", None)
-        eos |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        eos = sorted({*settings["eos_token_ids"], *eos_token_ids(tokenizer)})
         return cls(
             program,
             tokenizer,
@@ -89,7 +97,7 @@ class TextGenerator:
             settings["ctx_len"],
             settings["batch_size"],
             settings["full_batch_size"],
-            sorted(eos),
+            eos,
             left_padding=settings["left_padding"],
             single_chunk_prefill=settings["single_chunk_prefill"],
         )

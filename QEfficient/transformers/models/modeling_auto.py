@@ -788,12 +788,9 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
 
     def eos_token_ids(self, tokenizer: Any = None) -> list[int]:
         """End-of-sequence ids from the generation config, the model config and the tokenizer."""
-        ids: set[int] = set()
-        sources = [getattr(self.hf_model, "generation_config", None), self.hf_model.config, tokenizer]
-        for source in sources:
-            value = getattr(source, "eos_token_id", None)
-            ids |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-        return sorted(ids)
+        from QEfficient.generation.text_generation import eos_token_ids
+
+        return eos_token_ids(getattr(self.hf_model, "generation_config", None), self.hf_model.config, tokenizer)
 
     def generate(
         self,
