@@ -8,8 +8,12 @@ overrides; those that differ (e.g. `seq_len`: prefill P, decode 1) stay symbolic
 only the compiled shapes: `run` checks every input against the specialisations first.
 
 Options: `optimization_level` (offline, default "extended"), `session_optimization_level` (default "all"),
-`providers`, `split_weights_mb` (MatMul weights larger than this are split into column blocks, so that opening
-the program peaks lower: `QEfficient/backends/weight_split.py`; default 16, 0 = never), and weight quantisation
+`providers`, `fuse_attention` (default True: each layer's KV write, rotary embedding and attention become one ONNX
+Runtime `GroupQueryAttention` where the graph allows it, `QEfficient/backends/attention_fusion.py`; the manifest lists
+the fused layers, and such a program takes right-padded positions only), `pack_weights` (default True: MatMuls
+that read the same input become one, `QEfficient/backends/weight_packing.py`), `split_weights_mb` (MatMul weights larger
+than this are split into column blocks, so that opening the program peaks lower: `QEfficient/backends/weight_split.py`;
+default 16, 0 = never), and weight quantisation
 (`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" | "int4"), `block_size` (32),
 `accuracy_level` (4), `symmetric` (True).
 
@@ -30,6 +34,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from QEfficient.backends.attention_fusion import check_fused_positions, fuse_attention_file
 from QEfficient.backends.base import Backend, Program, Specialization, check_specializations
 from QEfficient.backends.quantization import (
     DEFAULT_ACCURACY_LEVEL,
@@ -37,13 +42,21 @@ from QEfficient.backends.quantization import (
     check_weight_options,
     quantize_weights,
 )
+from QEfficient.backends.weight_packing import pack_weights
 from QEfficient.backends.weight_split import DEFAULT_SPLIT_WEIGHTS_MB, split_large_weights
 
 logger = logging.getLogger(__name__)
 
 PROGRAM_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
-_OPTIONS = ("optimization_level", "session_optimization_level", "providers", "split_weights_mb")
+_OPTIONS = (
+    "optimization_level",
+    "session_optimization_level",
+    "providers",
+    "split_weights_mb",
+    "fuse_attention",
+    "pack_weights",
+)
 QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric")
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -77,18 +90,20 @@ def graph_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     }
 
 
-# Ops that may write their output into the memory of their data input: ONNX Runtime's scatters copy the data input
-# to the output (nothing to do when both are one buffer) and then write the updates. Element-wise ops are not among
-# them: ONNX Runtime's `Where`, for one, fills its output in two passes and would read an input it already overwrote
-# (measured: Zaya's recurrent state, written by `Where`, went wrong in place).
-_IN_PLACE_INPUTS = {"ScatterElements": (0,), "ScatterND": (0,)}
+# Ops that may write an output into the memory of one of their inputs, as {output index: input index}: ONNX Runtime's
+# scatters copy the data input to the output (nothing to do when both are one buffer) and then write the updates;
+# `GroupQueryAttention` writes the new keys and values into the past buffers when present and past share one.
+# Element-wise ops are not among them: ONNX Runtime's `Where`, for one, fills its output in two passes and would read
+# an input it already overwrote (measured: Zaya's recurrent state, written by `Where`, went wrong in place).
+_IN_PLACE_INPUTS = {"ScatterElements": {0: 0}, "ScatterND": {0: 0}, "GroupQueryAttention": {1: 3, 2: 4}}
 _METADATA_OPS = ("Shape", "Size")  # they read a tensor's shape, never its data
 
 
 def in_place_states(model: onnx.ModelProto) -> list[str]:
     """Retained-state inputs `X` whose output `X_RetainedState` can be written into `X`'s own buffer.
 
-    That holds when the node producing the output is a scatter whose data input is `X`, and every other node reading
+    That holds when the node producing the output writes it over `X` (a scatter whose data input is `X`, or fused
+    attention's present keys/values over its past ones: `_IN_PLACE_INPUTS`), and every other node reading
     `X`'s data is one of its ancestors, so it runs first in any topological order. Then binding
     the output to the input's memory makes the step update the cache in place: no copy of the whole cache per step,
     and one buffer instead of two.
@@ -114,8 +129,8 @@ def in_place_states(model: onnx.ModelProto) -> list[str]:
         writer = producer.get(f"{name}_RetainedState")
         if f"{name}_RetainedState" not in outputs or writer is None or name in in_subgraphs:
             continue
-        positions = _IN_PLACE_INPUTS.get(writer.op_type, ())
-        if not any(i < len(writer.input) and writer.input[i] == name for i in positions):
+        over = _IN_PLACE_INPUTS.get(writer.op_type, {}).get(list(writer.output).index(f"{name}_RetainedState"))
+        if over is None or over >= len(writer.input) or writer.input[over] != name:
             continue
         if sum(1 for i in writer.input if i == name) > 1:  # e.g. also the scatter's updates
             continue
@@ -169,8 +184,15 @@ class OnnxRuntimeProgram(Program):
     def load_all(self) -> None:
         self.session()
 
+    def _check_inputs(self, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+        """The shapes against the specialisations; with fused attention also the positions (`check_fused_positions`)."""
+        self.specialization_of(shapes)
+        if self.manifest.get("fused_attention") and "position_ids" in inputs:
+            cache = next(name for name in shapes if name.startswith("past_key."))
+            check_fused_positions(inputs["position_ids"], shapes[cache][2])
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.specialization_of({name: a.shape for name, a in inputs.items()})
+        self._check_inputs(inputs, {name: a.shape for name, a in inputs.items()})
         session = self.session()
         feed = {name: inputs[name] for name in self.input_dims}
         return dict(zip(self.output_names, session.run(self.output_names, feed)))
@@ -181,11 +203,13 @@ class OnnxRuntimeProgram(Program):
         return OrtRetainedState(super().new_state(specialization, dtype), self.in_place_state)
 
     def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
-        self.specialization_of({**{name: a.shape for name, a in inputs.items()}, **state.shapes})
+        self._check_inputs(inputs, {**{name: a.shape for name, a in inputs.items()}, **state.shapes})
         session = self.session()
         binding = session.io_binding()
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
+        arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
         others = [name for name in self.output_names if not name.endswith("_RetainedState")]
         for name in others:  # bound first: outputs come back in binding order
             binding.bind_output(name)
@@ -195,7 +219,8 @@ class OnnxRuntimeProgram(Program):
         session.run_with_iobinding(binding)
         state.swap()
         values = binding.get_outputs()
-        return {name: values[i].numpy() for i, name in enumerate(others)}
+        # copies: the arrays would otherwise view memory that ONNX Runtime frees with the binding
+        return {name: values[i].numpy().copy() for i, name in enumerate(others)}
 
 
 class OrtRetainedState:
@@ -216,7 +241,7 @@ class OrtRetainedState:
 
     def numpy(self) -> dict[str, np.ndarray]:
         """A host copy of the current state (for inspection and tests)."""
-        return {name: value.numpy() for name, value in self.current.items()}
+        return {name: value.numpy().copy() for name, value in self.current.items()}  # a view would outlive the values
 
 
 class OnnxRuntimeBackend(Backend):
@@ -254,7 +279,19 @@ class OnnxRuntimeBackend(Backend):
         split = options.setdefault("split_weights_mb", DEFAULT_SPLIT_WEIGHTS_MB)
         if not isinstance(split, (int, float)) or split < 0:
             raise ValueError(f"split_weights_mb must be a number of MB >= 0 (0: never split); got {split!r}.")
+        for key in ("fuse_attention", "pack_weights"):
+            if not isinstance(options.setdefault(key, True), bool):
+                raise ValueError(f"{key} must be True or False; got {options[key]!r}.")
         scratch = []  # intermediate graphs, removed once the optimised program is written
+        if options["pack_weights"] and (packed := pack_weights(onnx_path, Path(out_dir) / "packed")) is not None:
+            onnx_path = packed
+            scratch.append(packed.parent)
+        fused: list[str] = []
+        if options["fuse_attention"]:
+            fused_path, fused = fuse_attention_file(onnx_path, Path(out_dir) / "fused", specializations)
+            if fused_path is not None:
+                onnx_path = fused_path
+                scratch.append(fused_path.parent)
         if options["weights"] == "fp32":
             for key in QUANTIZATION_OPTIONS[1:]:
                 options.pop(key, None)
@@ -287,6 +324,7 @@ class OnnxRuntimeBackend(Backend):
             "inputs": input_dims,
             "outputs": [o.name for o in graph.graph.output],
             "in_place_state": in_place_states(onnx.load(str(Path(out_dir) / PROGRAM_FILE), load_external_data=False)),
+            "fused_attention": fused,
         }
 
     def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> OnnxRuntimeProgram:
