@@ -205,17 +205,15 @@ class OnnxRuntimeProgram(Program):
     def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
         self._check_inputs(inputs, {**{name: a.shape for name, a in inputs.items()}, **state.shapes})
         session = self.session()
-        binding = session.io_binding()
+        binding = state.binding(session, self.output_names)
         # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
+        # (every input is bound again at every step, so none outlives its array)
         arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
         others = [name for name in self.output_names if not name.endswith("_RetainedState")]
-        for name in others:  # bound first: outputs come back in binding order
+        for name in others:  # a fresh buffer for each: the previous step's may have another shape
             binding.bind_output(name)
-        for name in state.names:
-            binding.bind_ortvalue_input(name, state.current[name])
-            binding.bind_ortvalue_output(f"{name}_RetainedState", state.spare[name])
         session.run_with_iobinding(binding)
         state.swap()
         values = binding.get_outputs()
@@ -235,6 +233,23 @@ class OrtRetainedState:
             name: self.current[name] if name in in_place else ort.OrtValue.ortvalue_from_numpy(np.zeros_like(a))
             for name, a in arrays.items()
         }
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+
+    def binding(self, session: ort.InferenceSession, output_names: list[str]) -> ort.IOBinding:
+        """An IO binding of `session` with this state bound (inputs `current`, outputs `spare`) after the other outputs
+        (which then come back first, in order): made once per session and buffer parity and reused at every step, so
+        a step binds only its own inputs."""
+        key = (id(session), id(self.current))
+        if key not in self._bindings:
+            binding = session.io_binding()
+            for name in output_names:
+                if not name.endswith("_RetainedState"):
+                    binding.bind_output(name)
+            for name in self.names:
+                binding.bind_ortvalue_input(name, self.current[name])
+                binding.bind_ortvalue_output(f"{name}_RetainedState", self.spare[name])
+            self._bindings[key] = binding
+        return self._bindings[key]
 
     def swap(self) -> None:
         self.current, self.spare = self.spare, self.current
