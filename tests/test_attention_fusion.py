@@ -81,7 +81,7 @@ def test_fused_program_matches_standard_ops(model_type: str) -> None:
             )
 
 
-def test_rotary_and_packed_projections_go_into_the_kernel() -> None:
+def test_rotary_packed_projections_and_norms_are_fused() -> None:
     model = QEFFAutoModelForCausalLM(tiny_decoder("llama"))
     program_dir = model.compile(prefill_seq_len=PREFILL, ctx_len=CTX)
     attributes = gqa_attributes(program_dir)
@@ -90,6 +90,8 @@ def test_rotary_and_packed_projections_go_into_the_kernel() -> None:
     # per layer: the packed QKV and gate/up MatMuls, o_proj, down_proj; plus the LM head. No rotary, no cache scatter
     assert ops["MatMul"] + ops["FusedMatMul"] == 2 * 4 + 1
     assert not {"Neg", "Slice", "ScatterElements", "Softmax"} & set(ops)
+    # every residual add and the RMSNorm after it are one kernel (all but the first norm, which reads the embedding)
+    assert ops["SkipSimplifiedLayerNormalization"] == 4 and ops["SimplifiedLayerNormalization"] == 1
     assert model.program.in_place_state == set(model.program.state_names())
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from QEfficient.backends.graph_shapes import inferred_shapes
+
 logger = logging.getLogger(__name__)
 
 FUSED_OP = "GroupQueryAttention"
@@ -41,8 +43,6 @@ CONTRIB_DOMAIN = "com.microsoft"
 # 6 total_sequence_length, 10 attention_bias, 16 query_seqlens (valid tokens per row).
 _QUERY_SEQLENS_INPUT = 16
 _BIAS_INPUT = 10
-# Distinct sizes given to the graph's symbolic dims for shape inference, so that an inferred size can be told apart.
-_SENTINELS = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049)
 
 
 @dataclass
@@ -202,37 +202,6 @@ def _attention(g: _Graph, keys: str, values: str) -> dict | None:
         "softcap": softcap,
         "removed": [heads_last],
     }
-
-
-def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], set[int]]:
-    """Every tensor's shape with the graph's symbolic input dims set to distinct sentinel sizes (data-propagating
-    shape inference then resolves the dims the graph computes from them, e.g. the number of query heads), and the
-    sentinels."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    # weights stored outside the graph become inputs of their declared shapes; small constants (split sizes, ...)
-    # stay, as shape inference reads their values
-    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    names = {t.name for t in external}
-    kept = [t for t in probe.graph.initializer if t.name not in names]
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(kept)
-    probe.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external)
-    del probe.graph.value_info[:]
-    sentinels: dict[str, int] = {}
-    for value in probe.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param"):
-                symbol = dim.dim_param
-                sentinels.setdefault(symbol, _SENTINELS[len(sentinels) % len(_SENTINELS)] + 100 * len(sentinels))
-                dim.dim_value = sentinels[symbol]
-    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    shapes = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            dims = value.type.tensor_type.shape.dim
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return shapes, set(sentinels.values())
 
 
 @functools.cache
@@ -515,7 +484,7 @@ def fuse_attention(model: onnx.ModelProto, base_dir: Path) -> list[str]:
     """Replace every fusable layer's cache write and attention in `model` (in place) by one `GroupQueryAttention`
     (with the rotary embedding, when it is transformers' `rotate_half` form); returns the fused layers' key-state
     names (empty: the graph is unchanged). `base_dir` holds the weight files. Call `fusion_blockers` first."""
-    shapes, sentinels = _inferred_shapes(model)
+    shapes, sentinels = inferred_shapes(model)
     g = _Graph(model.graph)
     blocks = _match_blocks(g, shapes, sentinels)
     if not blocks:

@@ -36,6 +36,8 @@ import onnxruntime as ort
 
 from QEfficient.backends.attention_fusion import check_fused_positions, fuse_attention_file
 from QEfficient.backends.base import Backend, Program, Specialization, check_specializations
+from QEfficient.backends.graph_shapes import inferred_shapes
+from QEfficient.backends.norm_fusion import fuse_skip_norms
 from QEfficient.backends.quantization import (
     DEFAULT_ACCURACY_LEVEL,
     DEFAULT_BLOCK_SIZE,
@@ -298,6 +300,7 @@ class OnnxRuntimeBackend(Backend):
             if not isinstance(options.setdefault(key, True), bool):
                 raise ValueError(f"{key} must be True or False; got {options[key]!r}.")
         scratch = []  # intermediate graphs, removed once the optimised program is written
+        shapes = inferred_shapes(graph)[0]  # of the exported graph, whose tensor names the optimised one keeps
         if options["pack_weights"] and (packed := pack_weights(onnx_path, Path(out_dir) / "packed")) is not None:
             onnx_path = packed
             scratch.append(packed.parent)
@@ -331,6 +334,9 @@ class OnnxRuntimeBackend(Backend):
         ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
         for directory in scratch:  # the intermediate graphs live on in the optimised program
             shutil.rmtree(directory)
+        program = onnx.load(str(Path(out_dir) / PROGRAM_FILE), load_external_data=False)
+        if fuse_skip_norms(program, shapes):
+            onnx.save_model(program, str(Path(out_dir) / PROGRAM_FILE))
         return {
             "backend": self.name,
             "backend_version": self.version,
@@ -338,7 +344,7 @@ class OnnxRuntimeBackend(Backend):
             "specializations": specializations,
             "inputs": input_dims,
             "outputs": [o.name for o in graph.graph.output],
-            "in_place_state": in_place_states(onnx.load(str(Path(out_dir) / PROGRAM_FILE), load_external_data=False)),
+            "in_place_state": in_place_states(program),
             "fused_attention": fused,
         }
 
