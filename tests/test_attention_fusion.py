@@ -115,12 +115,11 @@ def test_fused_program_refuses_positions_it_cannot_compute() -> None:
     "compile_args, reason",
     [
         ({"ctx_len": 30}, "ctx_len not a multiple of prefill_seq_len"),
-        ({"full_batch_size": 2}, "continuous batching"),
         ({"fuse_attention": False}, "turned off"),
     ],
 )
 def test_graphs_that_keep_standard_attention(compile_args: dict, reason: str) -> None:
-    model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), continuous_batching="full_batch_size" in compile_args)
+    model = QEFFAutoModelForCausalLM(tiny_decoder("llama"))
     model.compile(prefill_seq_len=PREFILL, **{"ctx_len": CTX, **compile_args})
     assert model.program.manifest["fused_attention"] == [], reason
     assert model.program.in_place_state == set(model.program.state_names())  # the scatters still write in place
@@ -145,3 +144,39 @@ def test_packed_weights_give_the_same_outputs() -> None:
         run_steps(open_program(packed_dir), steps)[0], run_steps(open_program(separate_dir), steps)[0]
     ):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_continuous_batching_runs_the_kernel_on_every_cache_row() -> None:
+    """With `batch_index` the step's rows are placed at their cache rows, the kernel runs on all of them (the others
+    get no tokens and are left alone) and the step's rows of its output come back: a one-row prefill into cache row 2
+    of 3, then a decode step of all three rows with one idle."""
+    model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), continuous_batching=True)
+    fused_dir = model.compile(prefill_seq_len=PREFILL, ctx_len=CTX, full_batch_size=3)
+    assert model.program.manifest["fused_attention"] == ["past_key.0", "past_key.1"]
+    plain_dir = model.compile(prefill_seq_len=PREFILL, ctx_len=CTX, full_batch_size=3, fuse_attention=False)
+    rng = np.random.default_rng(1)
+    steps = []
+    for row, length in ((2, 5), (0, 8)):
+        positions = np.full((1, PREFILL), -1)
+        positions[0, :length] = np.arange(length)
+        steps.append(({"input_ids": rng.integers(1, 1000, (1, PREFILL)), "position_ids": positions}, [[row]]))
+    decode = {"input_ids": rng.integers(1, 1000, (3, 1)), "position_ids": np.array([[8], [-1], [5]])}
+    steps.append((decode, [[0], [1], [2]]))
+    results = []
+    for program_dir in (fused_dir, plain_dir):
+        program = open_program(program_dir)
+        state = program.new_state({"batch_size": 3, "seq_len": 1, "full_batch_size": 3})
+        logits = [
+            program.run_with_state({**inputs, "batch_index": np.array(rows)}, state)["logits"] for inputs, rows in steps
+        ]
+        results.append((logits, state.numpy()))
+    (fused_logits, fused_cache), (plain_logits, plain_cache) = results
+    for got, expected in zip(fused_logits[:2], plain_logits[:2]):
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(fused_logits[2][[0, 2]], plain_logits[2][[0, 2]], atol=2e-5, rtol=1e-5)
+    for name in fused_cache:
+        for row, written in ((0, 9), (2, 6)):
+            np.testing.assert_allclose(
+                fused_cache[name][row, :, :written], plain_cache[name][row, :, :written], atol=2e-5, rtol=1e-5
+            )
+        assert not fused_cache[name][1].any()  # the row no step used is untouched

@@ -65,6 +65,7 @@ class _Block:
     # (query, key before the rotary embedding, cos, sin [B, S, D]) when the kernel can apply the embedding itself
     rotary: tuple[str, str, str, str] | None = None
     output_flat: str | None = None  # the graph's [B, S, H·D] view of the output, which the kernel then writes
+    rows: str | None = None  # continuous batching: each batch row's cache row [B] (the kernel runs on all F rows)
 
 
 class _Graph:
@@ -116,21 +117,50 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 def _written_states(g: _Graph, state: str) -> tuple[str, onnx.NodeProto] | None:
     """(this step's keys or values `[B, H_kv, S, D]`, the scatter) if `state`'s retained output is written by
     `FixedKVLayer`'s padding-safe scatter along the slot axis:
-    scatter(state, slots, where(valid, gather(new, source), gather(state, slots)))."""
-    scatter = g.node(f"{state}_RetainedState", "ScatterElements")
-    if scatter is None or scatter.input[0] != state or _attr(scatter, "axis") != 2:
+    scatter(state, slots, where(valid, gather(new, source), gather(state, slots))), or with continuous batching the
+    same at (cache row, head, slot) of the full cache: scatter_nd(state, at, where(valid, gather(new, source),
+    gather_nd(state, at)))."""
+    scatter = g.producer.get(f"{state}_RetainedState")
+    if scatter is None or scatter.input[0] != state:
+        return None
+    if scatter.op_type == "ScatterElements" and _attr(scatter, "axis") == 2:
+        updates = scatter.input[2]
+    elif scatter.op_type == "ScatterND":
+        view = g.node(scatter.input[2], "Reshape")
+        updates = view.input[0] if view is not None else scatter.input[2]
+    else:
         return None
     if _attr(scatter, "reduction", b"none") not in (b"none", "none"):
         return None
-    where = g.node(scatter.input[2], "Where")
-    if where is None:
+    where = g.node(updates, "Where")
+    new = g.node(where.input[1], "GatherElements") if where is not None else None
+    if new is None or _attr(new, "axis") != 2:
         return None
-    new, old = g.node(where.input[1], "GatherElements"), g.node(where.input[2], "GatherElements")
-    if new is None or old is None or _attr(new, "axis") != 2 or _attr(old, "axis") != 2:
+    # the other branch re-writes the cache's own values: state gathered (and viewed) at the written indices
+    old = where.input[2]
+    while (node := g.producer.get(old)) is not None and node.op_type == "Reshape":
+        old = node.input[0]
+    gather = g.producer.get(old)
+    if gather is None or gather.op_type not in ("GatherElements", "GatherND", "Gather"):
         return None
-    if old.input[0] != state or old.input[1] != scatter.input[1]:
+    source = gather.input[0]
+    while (node := g.producer.get(source)) is not None and node.op_type in ("Reshape", "Flatten"):
+        source = node.input[0]
+    if source != state:
         return None
     return new.input[0], scatter
+
+
+def _cache_rows(g: _Graph, retained: str) -> tuple[str, str] | None:
+    """(the step's rows of the cache, the row indices [B]) if attention reads `retained` through a Gather of rows
+    (continuous batching: `index_select(0, batch_index.reshape(-1))`)."""
+    gather = g.only_consumer(retained, "Gather")
+    if gather is None or _attr(gather, "axis", 0) != 0:
+        return None
+    rows = g.node(gather.input[1], "Reshape")
+    if rows is None or rows.input[0] != "batch_index":
+        return None
+    return gather.output[0], gather.input[1]
 
 
 def _skip_casts(g: _Graph, name: str) -> str:
@@ -237,8 +267,6 @@ def fusion_blockers(model: onnx.ModelProto, specializations: list[dict[str, int 
     inputs = {i.name for i in model.graph.input}
     if "position_ids" not in inputs:
         return "the graph has no position_ids input"
-    if "batch_index" in inputs:
-        return "continuous batching (batch_index) indexes cache rows, which the kernel cannot"
     states = [name for name in inputs if any(o.name == f"{name}_RetainedState" for o in model.graph.output)]
     if any(not name.startswith(("past_key.", "past_value.")) for name in states):
         return "the graph has recurrent state, whose prompts are left-padded"
@@ -343,7 +371,13 @@ def _match_blocks(g: _Graph, shapes: dict, sentinels: set[int]) -> list[_Block]:
         written_keys, written_values = _written_states(g, past_key), _written_states(g, past_value)
         if written_keys is None or written_values is None:
             continue
-        matched = _attention(g, f"{past_key}_RetainedState", f"{past_value}_RetainedState")
+        keys, values, rows = f"{past_key}_RetainedState", f"{past_value}_RetainedState", None
+        if "batch_index" in g.consumers:  # continuous batching: attention reads the step's rows of the cache
+            key_rows, value_rows = _cache_rows(g, keys), _cache_rows(g, values)
+            if key_rows is None or value_rows is None or key_rows[1] != value_rows[1]:
+                continue
+            (keys, rows), values = key_rows, value_rows[0]
+        matched = _attention(g, keys, values)
         if matched is None:
             logger.info("%s: attention not in the fusable form; left as standard ops", past_key)
             continue
@@ -353,6 +387,7 @@ def _match_blocks(g: _Graph, shapes: dict, sentinels: set[int]) -> list[_Block]:
             past_value=past_value,
             key=written_keys[0],
             value=written_values[0],
+            rows=rows,
             **{**matched, "removed": [written_keys[1], written_values[1], *matched["removed"]]},
         )
         query, key = _rotary(g, block.query, shapes), _rotary(g, block.key, shapes)
@@ -388,11 +423,12 @@ def _shapes_fit(block: _Block, query: str, key: str, shapes: dict, sentinels: se
     batch, heads, seq, dim = query
     if batch not in sentinels or seq not in sentinels or heads in sentinels:
         return False
-    kv_heads, ctx = cache[1], cache[2]
+    cache_rows, kv_heads, ctx = cache[0], cache[1], cache[2]  # cache rows: B, or F with continuous batching
     return (
         key == [batch, kv_heads, seq, dim]
         and value == key
-        and cache == [batch, kv_heads, ctx, dim]
+        and cache == [cache_rows, kv_heads, ctx, dim]
+        and (cache_rows == batch) == (block.rows is None)
         and shapes.get(block.past_value) == cache
         and mask in ([batch, 1, seq, ctx], [1, 1, seq, ctx])
         and shapes.get(block.output) in ([batch, seq, heads, dim], [batch, seq, None, dim])
@@ -501,11 +537,18 @@ def fuse_attention(model: onnx.ModelProto, base_dir: Path) -> list[str]:
             tables[block.rotary[2:]] = None if values is None else names
     removed = {node.output[0] for block in blocks for node in block.removed}
     nodes = [node for node in graph.node if node.output[0] not in removed]
-    nodes += _sequence_lengths(blocks[0].past_key)
+    rows = blocks[0].rows
+    nodes += _sequence_lengths(blocks[0].past_key, rows)
+    masks: dict[str, str] = {}  # continuous batching: each mask scattered to the cache rows once per step
     for block in blocks:
         rotary_tables = tables.get(block.rotary[2:]) if block.rotary else None
         query, key = block.rotary[:2] if rotary_tables else (block.query, block.key)
-        nodes += _fused_nodes(block, _kernel_inputs(g, [query, key, block.value], shapes), rotary_tables)
+        if rows is not None and shapes[block.mask][0] != 1 and block.mask not in masks:
+            masks[block.mask] = f"qeff_attention/rows/{len(masks)}"
+            nodes += _to_cache_rows(block.mask, masks[block.mask], rank=4)
+        nodes += _fused_nodes(
+            block, _kernel_inputs(g, [query, key, block.value], shapes), rotary_tables, masks.get(block.mask)
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     _remove_dead_nodes(graph)
@@ -524,6 +567,7 @@ def _kernel_inputs(g: _Graph, heads_first: list[str], shapes: dict) -> list[str 
 
 
 _SEQLENS_K, _TOTAL, _QUERY_SEQLENS = "qeff_attention/seqlens_k", "qeff_attention/total_len", "qeff_attention/valid"
+_ROWS, _CACHE_ROWS = "qeff_attention/rows", "qeff_attention/cache_rows"  # continuous batching: [B, 1], [1] = F
 
 
 def _constant(name: str, values: list[int], dtype: int = TensorProto.INT64) -> onnx.NodeProto:
@@ -531,12 +575,14 @@ def _constant(name: str, values: list[int], dtype: int = TensorProto.INT64) -> o
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name), name=name)
 
 
-def _sequence_lengths(cache: str) -> list[onnx.NodeProto]:
+def _sequence_lengths(cache: str, rows: str | None) -> list[onnx.NodeProto]:
     """The kernel's per-row inputs from `position_ids` [B, S], computed once per step: `query_seqlens` = valid tokens
     n, `seqlens_k` = first position + n - 1 (0 for a row without valid tokens, which the kernel leaves alone), and
-    `total_sequence_length` = the cache length (read from `cache`'s shape: every fused layer's cache is as long)."""
+    `total_sequence_length` = the cache length (read from `cache`'s shape: every fused layer's cache is as long).
+    With continuous batching (`rows`: each batch row's cache row) the kernel runs on every cache row: the per-row
+    inputs are scattered to them, and the rows not in the step get zeros (left alone)."""
     p = "qeff_attention/"
-    return [
+    nodes = [
         _constant(p + "zero", [0]),
         _constant(p + "one", [1]),
         _constant(p + "first_column", [0]),
@@ -549,19 +595,49 @@ def _sequence_lengths(cache: str) -> list[onnx.NodeProto]:
         helper.make_node("Add", [p + "first_position", p + "count"], [p + "end"]),
         helper.make_node("Sub", [p + "end", p + "one"], [p + "last"]),
         helper.make_node("Max", [p + "last", p + "zero"], [p + "last_or_zero"]),
-        helper.make_node("Cast", [p + "last_or_zero"], [_SEQLENS_K], to=TensorProto.INT32),
-        helper.make_node("Cast", [p + "count"], [_QUERY_SEQLENS], to=TensorProto.INT32),
         helper.make_node("Shape", [cache], [p + "cache_shape"]),
         helper.make_node("Gather", [p + "cache_shape", p + "slot_axis"], [p + "ctx"], axis=0),
         helper.make_node("Squeeze", [p + "ctx"], [p + "ctx_scalar"]),
         helper.make_node("Cast", [p + "ctx_scalar"], [_TOTAL], to=TensorProto.INT32),
     ]
+    lengths = {"last_or_zero": _SEQLENS_K, "count": _QUERY_SEQLENS}
+    if rows is not None:
+        nodes += [
+            helper.make_node("Unsqueeze", [rows, p + "one"], [_ROWS]),
+            helper.make_node("Slice", [p + "cache_shape", p + "zero", p + "one"], [_CACHE_ROWS]),
+            helper.make_node(
+                "ConstantOfShape", [_CACHE_ROWS], [p + "zeros"], value=numpy_helper.from_array(np.zeros(1, np.int64))
+            ),
+        ]
+        for name in list(lengths):
+            nodes.append(helper.make_node("ScatterND", [p + "zeros", _ROWS, p + name], [p + name + "_rows"]))
+        lengths = {f"{name}_rows": out for name, out in lengths.items()}
+    nodes += [helper.make_node("Cast", [p + name], [out], to=TensorProto.INT32) for name, out in lengths.items()]
+    return nodes
 
 
-def _fused_nodes(block: _Block, flat: list[str | None], rotary_tables: tuple[str, str] | None) -> list[onnx.NodeProto]:
+def _to_cache_rows(name: str, out: str, rank: int) -> list[onnx.NodeProto]:
+    """`out`: the batch rows of `name` [B, ...] placed at their cache rows of zeros [F, ...] (continuous batching)."""
+    p = out + "/"
+    return [
+        helper.make_node("Shape", [name], [p + "shape"]),
+        _constant(p + "from", [1]),
+        _constant(p + "to", [rank]),
+        helper.make_node("Slice", [p + "shape", p + "from", p + "to"], [p + "rest"]),
+        helper.make_node("Concat", [_CACHE_ROWS, p + "rest"], [p + "full_shape"], axis=0),
+        helper.make_node("ConstantOfShape", [p + "full_shape"], [p + "zeros"]),
+        helper.make_node("ScatterND", [p + "zeros", _ROWS, name], [out]),
+    ]
+
+
+def _fused_nodes(
+    block: _Block, flat: list[str | None], rotary_tables: tuple[str, str] | None, mask_rows: str | None = None
+) -> list[onnx.NodeProto]:
     """The kernel for one block: its query/key/value as [B, S, H·D] (`flat`, or reshaped here from [B, H, S, D] where
     None; before the rotary embedding when the kernel applies it from `rotary_tables`), the fused node writing the
-    block's retained outputs, and its output under the name the graph reads (viewed back as heads if need be)."""
+    block's retained outputs, and its output under the name the graph reads (viewed back as heads if need be).
+    With continuous batching the kernel runs on all F cache rows: the inputs (and the mask, `mask_rows`) are placed
+    at their rows, the other rows get no tokens, and the step's rows of the output are gathered back."""
     p = f"qeff_attention/{block.layer}/"
     heads_first = [*block.rotary[:2], block.value] if rotary_tables else [block.query, block.key, block.value]
     nodes = []
@@ -573,19 +649,25 @@ def _fused_nodes(block: _Block, flat: list[str | None], rotary_tables: tuple[str
             nodes.append(helper.make_node("Transpose", [name], [p + role + "_bshd"], perm=[0, 2, 1, 3]))
             nodes.append(helper.make_node("Reshape", [p + role + "_bshd", p + "flat"], [p + role + "_flat"]))
             given = p + role + "_flat"
+        if block.rows is not None and given:
+            nodes += _to_cache_rows(given, p + role + "_rows", rank=3)
+            given = p + role + "_rows"
         qkv.append(given)
     inputs = [*qkv, block.past_key, block.past_value, _SEQLENS_K, _TOTAL]
     attributes = {"num_heads": block.heads, "kv_num_heads": block.kv_heads, "scale": block.scale}
     if rotary_tables is not None:
         inputs += list(rotary_tables)
         attributes.update(do_rotary=1, rotary_interleaved=0)
-    inputs += [""] * (_BIAS_INPUT - len(inputs)) + [block.mask]
+    inputs += [""] * (_BIAS_INPUT - len(inputs)) + [mask_rows or block.mask]
     inputs += [""] * (_QUERY_SEQLENS_INPUT - len(inputs)) + [_QUERY_SEQLENS]
     if block.softcap is not None:
         attributes["softcap"] = block.softcap
     output = block.output_flat or p + "output"
-    outputs = [output, f"{block.past_key}_RetainedState", f"{block.past_value}_RetainedState"]
+    kernel_output = output if block.rows is None else p + "output_rows"
+    outputs = [kernel_output, f"{block.past_key}_RetainedState", f"{block.past_value}_RetainedState"]
     nodes.append(helper.make_node(FUSED_OP, inputs, outputs, domain=CONTRIB_DOMAIN, name=p + FUSED_OP, **attributes))
+    if block.rows is not None:
+        nodes.append(helper.make_node("Gather", [kernel_output, block.rows], [output], axis=0))
     if block.output_flat is None:
         nodes.append(_constant(p + "heads", [0, 0, block.heads, -1]))
         nodes.append(helper.make_node("Reshape", [output, p + "heads"], [block.output]))
