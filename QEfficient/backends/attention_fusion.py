@@ -699,6 +699,13 @@ def check_fused_positions(position_ids: np.ndarray, ctx_len: int) -> None:
     positions, and the row's first position plus the step length fits in the cache. A clear error otherwise."""
     positions = np.asarray(position_ids)
     seq = positions.shape[1]
+    if positions.max(initial=-1) >= ctx_len:
+        raise ValueError(
+            f"position {int(positions.max())} is out of range for the cache of ctx_len {ctx_len} (slots 0 to "
+            f"{ctx_len - 1}); compile with a larger ctx_len."
+        )
+    if seq == 1:  # a decode step: any position in the cache, or padding
+        return
     count = (positions >= 0).sum(axis=1, keepdims=True)
     columns = np.arange(seq)
     expected = np.where(columns < count, positions[:, :1] + columns, -1)
@@ -709,11 +716,6 @@ def check_fused_positions(position_ids: np.ndarray, ctx_len: int) -> None:
             f"position_ids row {row} is {positions[row].tolist()}: this program fuses attention "
             "(GroupQueryAttention), which needs each row's valid tokens first, at consecutive positions, with the "
             "padding (-1) after them. Pad prompts on the right, or compile with fuse_attention=False."
-        )
-    if positions.max(initial=-1) >= ctx_len:
-        raise ValueError(
-            f"position {int(positions.max())} is out of range for the cache of ctx_len {ctx_len} (slots 0 to "
-            f"{ctx_len - 1}); compile with a larger ctx_len."
         )
     count = count[:, 0]
     overrun = (count > 0) & (positions[:, 0] + seq > ctx_len)

@@ -186,12 +186,14 @@ class OnnxRuntimeProgram(Program):
     def load_all(self) -> None:
         self.session()
 
-    def _check_inputs(self, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
-        """The shapes against the specialisations; with fused attention also the positions (`check_fused_positions`)."""
-        self.specialization_of(shapes)
+    def _check_inputs(self, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+        """The shapes against the specialisations (the index of the one they match); with fused attention also the
+        positions (`check_fused_positions`)."""
+        index = self.specialization_of(shapes)
         if self.manifest.get("fused_attention") and "position_ids" in inputs:
             cache = next(name for name in shapes if name.startswith("past_key."))
             check_fused_positions(inputs["position_ids"], shapes[cache][2])
+        return index
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_inputs(inputs, {name: a.shape for name, a in inputs.items()})
@@ -205,7 +207,13 @@ class OnnxRuntimeProgram(Program):
         return OrtRetainedState(super().new_state(specialization, dtype), self.in_place_state)
 
     def run_with_state(self, inputs: dict[str, np.ndarray], state: OrtRetainedState) -> dict[str, np.ndarray]:
-        self._check_inputs(inputs, {**{name: a.shape for name, a in inputs.items()}, **state.shapes})
+        shapes = tuple((name, array.shape) for name, array in inputs.items())
+        input_shapes = (id(self), shapes)  # one state may serve several programs (MultiGraphProgram)
+        if input_shapes not in state.checked:  # the state's shapes never change: check each input shape set once
+            state.checked[input_shapes] = self.specialization_of({**dict(shapes), **state.shapes})
+        if self.manifest.get("fused_attention") and "position_ids" in inputs:
+            cache = next(name for name in state.names if name.startswith("past_key."))
+            check_fused_positions(inputs["position_ids"], state.shapes[cache][2])
         session = self.session()
         binding = state.binding(session, self.output_names)
         # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
@@ -213,14 +221,15 @@ class OnnxRuntimeProgram(Program):
         arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
-        others = [name for name in self.output_names if not name.endswith("_RetainedState")]
-        for name in others:  # a fresh buffer for each: the previous step's may have another shape
-            binding.bind_output(name)
+        outputs = state.outputs(session, binding, self.output_names, state.checked[input_shapes])
         session.run_with_iobinding(binding)
         state.swap()
-        values = binding.get_outputs()
-        # copies: the arrays would otherwise view memory that ONNX Runtime frees with the binding
-        return {name: values[i].numpy().copy() for i, name in enumerate(others)}
+        if outputs is None:  # the first step of this specialisation: ONNX Runtime allocated the outputs
+            values = binding.get_outputs()
+            others = [name for name in self.output_names if not name.endswith("_RetainedState")]
+            outputs = state.keep_outputs(session, dict(zip(others, values)), state.checked[input_shapes])
+        # copies: the caller may keep them, and the next step writes into the same buffers
+        return {name: value.numpy().copy() for name, value in outputs.items()}
 
 
 class OrtRetainedState:
@@ -236,6 +245,9 @@ class OrtRetainedState:
             for name, a in arrays.items()
         }
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+        # per session and specialisation: buffers for the outputs other than the state
+        self._outputs: dict[tuple[int, int], dict[str, ort.OrtValue]] = {}
+        self.checked: dict[tuple, int] = {}  # input shapes -> the specialisation they were checked to match
 
     def binding(self, session: ort.InferenceSession, output_names: list[str]) -> ort.IOBinding:
         """An IO binding of `session` with this state bound (inputs `current`, outputs `spare`) after the other outputs
@@ -252,6 +264,26 @@ class OrtRetainedState:
                 binding.bind_ortvalue_output(f"{name}_RetainedState", self.spare[name])
             self._bindings[key] = binding
         return self._bindings[key]
+
+    def outputs(
+        self, session: ort.InferenceSession, binding: ort.IOBinding, output_names: list[str], spec: int
+    ) -> dict[str, ort.OrtValue] | None:
+        """Bind the outputs other than the state: to this specialisation's buffers, kept from its first step (whose
+        output shapes, fixed by the input shapes, are then known), or to fresh ones (None) on that first step."""
+        kept = self._outputs.get((id(session), spec))
+        for name in output_names:
+            if not name.endswith("_RetainedState"):
+                if kept is None:
+                    binding.bind_output(name)
+                else:
+                    binding.bind_ortvalue_output(name, kept[name])
+        return kept
+
+    def keep_outputs(
+        self, session: ort.InferenceSession, values: dict[str, ort.OrtValue], spec: int
+    ) -> dict[str, ort.OrtValue]:
+        self._outputs[(id(session), spec)] = values
+        return values
 
     def swap(self) -> None:
         self.current, self.spare = self.spare, self.current
