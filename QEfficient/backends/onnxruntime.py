@@ -186,17 +186,17 @@ class OnnxRuntimeProgram(Program):
     def load_all(self) -> None:
         self.session()
 
-    def _check_inputs(self, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
-        """The shapes against the specialisations (the index of the one they match); with fused attention also the
-        positions (`check_fused_positions`)."""
-        index = self.specialization_of(shapes)
+    def _check_positions(self, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+        """With fused attention, the positions the kernel computes exactly (`check_fused_positions`); `shapes` holds the
+        cache's."""
         if self.manifest.get("fused_attention") and "position_ids" in inputs:
             cache = next(name for name in shapes if name.startswith("past_key."))
             check_fused_positions(inputs["position_ids"], shapes[cache][2])
-        return index
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._check_inputs(inputs, {name: a.shape for name, a in inputs.items()})
+        shapes = {name: a.shape for name, a in inputs.items()}
+        self.specialization_of(shapes)
+        self._check_positions(inputs, shapes)
         session = self.session()
         feed = {name: inputs[name] for name in self.input_dims}
         return dict(zip(self.output_names, session.run(self.output_names, feed)))
@@ -211,9 +211,7 @@ class OnnxRuntimeProgram(Program):
         input_shapes = (id(self), shapes)  # one state may serve several programs (MultiGraphProgram)
         if input_shapes not in state.checked:  # the state's shapes never change: check each input shape set once
             state.checked[input_shapes] = self.specialization_of({**dict(shapes), **state.shapes})
-        if self.manifest.get("fused_attention") and "position_ids" in inputs:
-            cache = next(name for name in state.names if name.startswith("past_key."))
-            check_fused_positions(inputs["position_ids"], state.shapes[cache][2])
+        self._check_positions(inputs, state.shapes)
         session = self.session()
         binding = state.binding(session, self.output_names)
         # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
