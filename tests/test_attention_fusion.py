@@ -6,22 +6,16 @@ compared with the unfused one step by step, on ragged rows, and the cases that m
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import onnx
 import pytest
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.backends import open_program
+from tests.test_quantization import op_counts
 from tests.tiny_models import tiny_decoder
 
 PREFILL, CTX = 8, 32
-
-
-def op_counts(program_dir) -> collections.Counter:
-    graph = onnx.load(str(program_dir / "model.onnx"), load_external_data=False).graph
-    return collections.Counter(node.op_type for node in graph.node)
 
 
 def gqa_attributes(program_dir) -> dict:

@@ -3,6 +3,7 @@ block-quantised ops and stay close to fp32; bad options fail with clear errors."
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,10 @@ from tests.tiny_models import tiny_decoder
 PROMPT = [5, 17, 42, 8, 99, 23, 64, 11, 7, 30]
 
 
-def op_counts(program_dir: Path) -> dict[str, int]:
-    graph = onnx.load(str(program_dir / "model.onnx"), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in graph.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+def op_counts(program_dir: Path) -> collections.Counter:
+    """How many nodes of each op type the compiled program's graph has."""
+    graph = onnx.load(str(program_dir / "model.onnx"), load_external_data=False).graph
+    return collections.Counter(node.op_type for node in graph.node)
 
 
 def last_logits(model: QEFFAutoModelForCausalLM) -> np.ndarray:

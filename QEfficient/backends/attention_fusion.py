@@ -10,8 +10,9 @@ share one buffer (which `run_with_state` arranges: `in_place_states`).
 
 `fuse_attention` finds, per layer, the write-and-attend block that our own code exports, checks every node of it,
 and replaces it. A layer whose block differs in any way (another attention implementation, attention sinks, shared
-KV between layers, ...) keeps its standard ops; so does a whole graph with continuous batching (`batch_index`) or
-recurrent state (whose prompts are left-padded). The mask goes in as the kernel's `attention_bias`, so sliding
+KV between layers, ...) keeps its standard ops; so does a whole graph with recurrent state (whose prompts are
+left-padded). With continuous batching (`batch_index`) the kernel runs on every cache row, the step's rows placed
+at theirs. The mask goes in as the kernel's `attention_bias`, so sliding
 windows and any other mask rule keep their exact meaning; the arithmetic is the same (scale, softcap, fp32 softmax).
 
 What the kernel needs of the inputs, which the text generator's right-padded chunks give:
@@ -33,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from QEfficient.backends.graph_shapes import inferred_shapes
+from QEfficient.backends.graph_edit import set_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -516,11 +517,12 @@ def _subgraph(model: onnx.ModelProto, inputs: list[str], outputs: list[str], bas
     return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def fuse_attention(model: onnx.ModelProto, base_dir: Path) -> list[str]:
+def fuse_attention(model: onnx.ModelProto, base_dir: Path, inferred: tuple[dict, set[int]]) -> list[str]:
     """Replace every fusable layer's cache write and attention in `model` (in place) by one `GroupQueryAttention`
     (with the rotary embedding, when it is transformers' `rotate_half` form); returns the fused layers' key-state
-    names (empty: the graph is unchanged). `base_dir` holds the weight files. Call `fusion_blockers` first."""
-    shapes, sentinels = inferred_shapes(model)
+    names (empty: the graph is unchanged). `base_dir` holds the weight files; `inferred` is
+    `graph_shapes.inferred_shapes(model)`. Call `fusion_blockers` first."""
+    shapes, sentinels = inferred
     g = _Graph(model.graph)
     blocks = _match_blocks(g, shapes, sentinels)
     if not blocks:
@@ -549,8 +551,7 @@ def fuse_attention(model: onnx.ModelProto, base_dir: Path) -> list[str]:
         nodes += _fused_nodes(
             block, _kernel_inputs(g, [query, key, block.value], shapes), rotary_tables, masks.get(block.mask)
         )
-    del graph.node[:]
-    graph.node.extend(nodes)
+    set_nodes(graph, nodes)
     _remove_dead_nodes(graph)
     if not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
@@ -687,8 +688,7 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
         kept = [node for node in graph.node if any(out in read for out in node.output)]
         if len(kept) == len(graph.node):
             break
-        del graph.node[:]
-        graph.node.extend(kept)
+        set_nodes(graph, kept)
     unused = [t for t in graph.initializer if t.name not in read]
     for tensor in unused:
         graph.initializer.remove(tensor)
@@ -729,16 +729,20 @@ def check_fused_positions(position_ids: np.ndarray, ctx_len: int) -> None:
 
 
 def fuse_attention_file(
-    source: Path, target: Path, specializations: list[dict[str, int | None]]
+    model: onnx.ModelProto,
+    source: Path,
+    target: Path,
+    specializations: list[dict[str, int | None]],
+    inferred: tuple[dict, set[int]],
 ) -> tuple[Path | None, list[str]]:
-    """`fuse_attention` on the graph file `source`, written to `target` with a copy of its weight files:
-    (its path, the fused layers), or (None, []) when nothing was fused (the reason is logged)."""
-    model = onnx.load(str(source), load_external_data=False)
+    """`fuse_attention` on `model`, the graph of the file `source` (loaded without its weights, and rewritten in
+    place), written to `target` with a copy of its weight files: (its path, the fused layers), or (None, []) when
+    nothing was fused (the reason is logged)."""
     reason = fusion_blockers(model, specializations)
     if reason is not None:
         logger.info("Attention left unfused: %s.", reason)
         return None, []
-    layers = fuse_attention(model, source.parent)
+    layers = fuse_attention(model, source.parent, inferred)
     if not layers:
         logger.info("Attention left unfused: no layer has the fusable form.")
         return None, []

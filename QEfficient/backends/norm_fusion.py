@@ -14,6 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from QEfficient.backends.graph_edit import set_nodes
+
 CONTRIB_DOMAIN = "com.microsoft"
 
 
@@ -51,14 +53,7 @@ def fuse_skip_norms(model: onnx.ModelProto, shapes: dict[str, list[int | None]])
         dropped.add(norm.output[0])
     if not fused:
         return 0
-    nodes = []
-    for node in graph.node:
-        if node.output[0] in fused:
-            nodes.append(fused[node.output[0]])
-        elif node.output[0] not in dropped:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    set_nodes(graph, (fused.get(node.output[0], node) for node in graph.node if node.output[0] not in dropped))
     if not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     return len(fused)

@@ -158,6 +158,7 @@ class OnnxRuntimeProgram(Program):
         self.num_threads = num_threads or default_num_threads()
         self.providers = manifest["options"].get("providers") or default_providers()
         self._session: ort.InferenceSession | None = None
+        self.other_outputs = [name for name in self.output_names if not name.endswith("_RetainedState")]
 
     @property
     def pinned_dims(self) -> dict[str, int]:
@@ -213,21 +214,26 @@ class OnnxRuntimeProgram(Program):
             state.checked[input_shapes] = self.specialization_of({**dict(shapes), **state.shapes})
         self._check_positions(inputs, state.shapes)
         session = self.session()
-        binding = state.binding(session, self.output_names)
+        binding = state.binding(session, self.other_outputs)
         # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
         # (every input is bound again at every step, so none outlives its array)
         arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
-        outputs = state.outputs(session, binding, self.output_names, state.checked[input_shapes])
+        # the outputs besides the state: into the buffers kept from this specialisation's first step (its output
+        # shapes are fixed by its input shapes), or, on that first step, into buffers ONNX Runtime allocates
+        kept = state.kept_outputs.get(input_shapes)
+        for name in self.other_outputs:
+            if kept is None:
+                binding.bind_output(name)
+            else:
+                binding.bind_ortvalue_output(name, kept[name])
         session.run_with_iobinding(binding)
         state.swap()
-        if outputs is None:  # the first step of this specialisation: ONNX Runtime allocated the outputs
-            values = binding.get_outputs()
-            others = [name for name in self.output_names if not name.endswith("_RetainedState")]
-            outputs = state.keep_outputs(session, dict(zip(others, values)), state.checked[input_shapes])
+        if kept is None:  # bound first in `state.binding`, they come back first
+            kept = state.kept_outputs[input_shapes] = dict(zip(self.other_outputs, binding.get_outputs()))
         # copies: the caller may keep them, and the next step writes into the same buffers
-        return {name: value.numpy().copy() for name, value in outputs.items()}
+        return {name: value.numpy().copy() for name, value in kept.items()}
 
 
 class OrtRetainedState:
@@ -243,45 +249,24 @@ class OrtRetainedState:
             for name, a in arrays.items()
         }
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
-        # per session and specialisation: buffers for the outputs other than the state
-        self._outputs: dict[tuple[int, int], dict[str, ort.OrtValue]] = {}
+        # per (program, input shapes), as `checked`: buffers for the outputs besides the state, kept from the first step
+        self.kept_outputs: dict[tuple, dict[str, ort.OrtValue]] = {}
         self.checked: dict[tuple, int] = {}  # input shapes -> the specialisation they were checked to match
 
-    def binding(self, session: ort.InferenceSession, output_names: list[str]) -> ort.IOBinding:
-        """An IO binding of `session` with this state bound (inputs `current`, outputs `spare`) after the other outputs
+    def binding(self, session: ort.InferenceSession, other_outputs: list[str]) -> ort.IOBinding:
+        """An IO binding of `session` with this state bound (inputs `current`, outputs `spare`) after `other_outputs`
         (which then come back first, in order): made once per session and buffer parity and reused at every step, so
         a step binds only its own inputs."""
         key = (id(session), id(self.current))
         if key not in self._bindings:
             binding = session.io_binding()
-            for name in output_names:
-                if not name.endswith("_RetainedState"):
-                    binding.bind_output(name)
+            for name in other_outputs:
+                binding.bind_output(name)
             for name in self.names:
                 binding.bind_ortvalue_input(name, self.current[name])
                 binding.bind_ortvalue_output(f"{name}_RetainedState", self.spare[name])
             self._bindings[key] = binding
         return self._bindings[key]
-
-    def outputs(
-        self, session: ort.InferenceSession, binding: ort.IOBinding, output_names: list[str], spec: int
-    ) -> dict[str, ort.OrtValue] | None:
-        """Bind the outputs other than the state: to this specialisation's buffers, kept from its first step (whose
-        output shapes, fixed by the input shapes, are then known), or to fresh ones (None) on that first step."""
-        kept = self._outputs.get((id(session), spec))
-        for name in output_names:
-            if not name.endswith("_RetainedState"):
-                if kept is None:
-                    binding.bind_output(name)
-                else:
-                    binding.bind_ortvalue_output(name, kept[name])
-        return kept
-
-    def keep_outputs(
-        self, session: ort.InferenceSession, values: dict[str, ort.OrtValue], spec: int
-    ) -> dict[str, ort.OrtValue]:
-        self._outputs[(id(session), spec)] = values
-        return values
 
     def swap(self) -> None:
         self.current, self.spare = self.spare, self.current
@@ -330,13 +315,19 @@ class OnnxRuntimeBackend(Backend):
             if not isinstance(options.setdefault(key, True), bool):
                 raise ValueError(f"{key} must be True or False; got {options[key]!r}.")
         scratch = []  # intermediate graphs, removed once the optimised program is written
-        shapes = inferred_shapes(graph)[0]  # of the exported graph, whose tensor names the optimised one keeps
+        rewritten = graph
         if options["pack_weights"] and (packed := pack_weights(onnx_path, Path(out_dir) / "packed")) is not None:
             onnx_path = packed
             scratch.append(packed.parent)
+            rewritten = onnx.load(str(onnx_path), load_external_data=False)
+        # tensor shapes before fusion, which the attention fusion checks and, as the optimised graph keeps these
+        # tensors' names, the norm fusion too
+        inferred = inferred_shapes(rewritten)
         fused: list[str] = []
         if options["fuse_attention"]:
-            fused_path, fused = fuse_attention_file(onnx_path, Path(out_dir) / "fused", specializations)
+            fused_path, fused = fuse_attention_file(
+                rewritten, onnx_path, Path(out_dir) / "fused", specializations, inferred
+            )
             if fused_path is not None:
                 onnx_path = fused_path
                 scratch.append(fused_path.parent)
@@ -365,7 +356,7 @@ class OnnxRuntimeBackend(Backend):
         for directory in scratch:  # the intermediate graphs live on in the optimised program
             shutil.rmtree(directory)
         program = onnx.load(str(Path(out_dir) / PROGRAM_FILE), load_external_data=False)
-        if fuse_skip_norms(program, shapes):
+        if fuse_skip_norms(program, inferred[0]):
             onnx.save_model(program, str(Path(out_dir) / PROGRAM_FILE))
         return {
             "backend": self.name,

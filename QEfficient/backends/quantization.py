@@ -16,6 +16,8 @@ from typing import Any
 
 import onnx
 
+from QEfficient.backends.graph_edit import write_with_weights
+
 WEIGHT_PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_BLOCK_SIZE = 32
 DEFAULT_ACCURACY_LEVEL = 4
@@ -63,7 +65,4 @@ def quantize_weights(source: Path, target: Path, options: dict[str, Any]) -> Pat
     for opset in quantized.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.domain in opsets:
             opset.version = opsets[opset.domain]
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / "model.onnx"
-    onnx.save_model(quantized, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
-    return path
+    return write_with_weights(quantized, target)

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from QEfficient.backends.graph_edit import set_nodes, write_with_weights
+
 
 def _groups(model: onnx.ModelProto) -> list[list[onnx.NodeProto]]:
     """MatMuls to pack: per input, those whose weight is a 2-D fp32 constant read by that MatMul alone, when there
@@ -68,12 +70,5 @@ def pack_weights(source: Path, target: Path) -> Path | None:
         if node.output[0] not in dropped:
             nodes.append(node)
     used = {name for node in nodes for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
-    return path
+    set_nodes(model.graph, nodes, [t for t in model.graph.initializer if t.name in used])
+    return write_with_weights(model, target)

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from QEfficient.backends.graph_edit import set_nodes, write_with_weights
+
 DEFAULT_SPLIT_WEIGHTS_MB = 16
 
 
@@ -62,12 +64,5 @@ def split_large_weights(source: Path, target: Path, max_mb: float) -> Path | Non
             block_node = helper.make_node("MatMul", [node.input[0], name], outputs[-1:], name=f"{node.name}.columns{i}")
             nodes.append(block_node)
         nodes.append(helper.make_node("Concat", outputs, list(node.output), axis=-1, name=f"{node.name}.concat"))
-    kept = [t for t in model.graph.initializer if t.name not in oversized]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
-    return path
+    set_nodes(model.graph, nodes, [t for t in model.graph.initializer if t.name not in oversized])
+    return write_with_weights(model, target)
