@@ -75,16 +75,18 @@ def test_main_job_qeff_infer(smollm2, qeff_home) -> None:
     assert "(stopped: eos)" in result.stdout and "decode" in result.stdout and "tokens/s" in result.stdout
 
 
-def test_int8_weights_keep_the_perplexity(smollm2, hf_model) -> None:
-    """Real weights through `compile(weights="int8")`: perplexity on the shipped evaluation text within 1 % of HF
-    fp32's (the fp32 program matches HF's to 1e-4). The speed and the int4 figures are `qeff bench`'s."""
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_quantised_weights_keep_the_perplexity(smollm2, hf_model, weights: str) -> None:
+    """Real weights through `compile(weights=...)`: perplexity on the shipped evaluation text within 1 % of HF fp32's
+    (the fp32 program matches HF's to 1e-4). int4 keeps the checkpoint's own Q4_1 / Q8_0 grids (`exact_grids`), so it
+    is as close as int8. The speed figures are `qeff bench`'s."""
     from QEfficient.generation.eval_text import EVAL_TEXT
     from QEfficient.generation.quality import hf_perplexity, perplexity
 
     ids = smollm2.tokenizer(EVAL_TEXT)["input_ids"][:128]
     reference = hf_perplexity(hf_model, ids)
     assert perplexity(smollm2, ids) == pytest.approx(reference, rel=1e-4)
-    smollm2.compile(prefill_seq_len=32, ctx_len=256, weights="int8")
+    smollm2.compile(prefill_seq_len=32, ctx_len=256, weights=weights)
     try:
         assert perplexity(smollm2, ids) == pytest.approx(reference, rel=0.01)
     finally:

@@ -15,7 +15,8 @@ that read the same input become one, `QEfficient/backends/weight_packing.py`), `
 than this are split into column blocks, so that opening the program peaks lower: `QEfficient/backends/weight_split.py`;
 default 16, 0 = never), and weight quantisation
 (`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" | "int4"), `block_size` (32),
-`accuracy_level` (4), `symmetric` (True).
+`accuracy_level` (4), `symmetric` (True), `exact_grids` (True: weights already on a quantisation grid, as a GGUF
+checkpoint's, are kept on it exactly; `QEfficient/backends/exact_grids.py`).
 
 The state analysis `in_place_states` (recorded in the manifest) lets `run_with_state` write each retained-state
 output into its input's own buffer.
@@ -59,7 +60,7 @@ _OPTIONS = (
     "fuse_attention",
     "pack_weights",
 )
-QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric")
+QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric", "exact_grids")
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

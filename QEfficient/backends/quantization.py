@@ -6,6 +6,10 @@ scale per `block_size` weights along the reduction axis), the LM head included; 
 embedding stays fp32). Activations stay fp32 between ops. `accuracy_level` is `MatMulNBits`' compute precision:
 4 (the default) quantises each activation row to int8 for the dot products, the fastest on CPUs; 0 computes in
 fp32 from the dequantised weights.
+
+Weights that already lie on a block quantisation grid (a GGUF checkpoint's Q8_0 / Q4_1 / Q4_0 tensors, which
+transformers dequantises to fp32) are first kept on that grid exactly (`exact_grids=True`, the default;
+`exact_grids.py`) instead of being quantised a second time; the quantiser then takes the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import onnx
 
+from QEfficient.backends.exact_grids import keep_exact_grids
 from QEfficient.backends.graph_edit import write_with_weights
 
 WEIGHT_PRECISIONS = ("fp32", "int8", "int4")
@@ -34,6 +39,9 @@ def check_weight_options(options: dict[str, Any]) -> None:
     level = options.get("accuracy_level", DEFAULT_ACCURACY_LEVEL)
     if level not in (0, 1, 2, 3, 4):
         raise ValueError(f"accuracy_level must be 0 (fp32 compute), 1-3, or 4 (int8 compute); got {level!r}.")
+    for key in ("symmetric", "exact_grids"):
+        if not isinstance(options.get(key, True), bool):
+            raise ValueError(f"{key} must be True or False; got {options[key]!r}.")
 
 
 def quantize_weights(source: Path, target: Path, options: dict[str, Any]) -> Path:
@@ -42,14 +50,18 @@ def quantize_weights(source: Path, target: Path, options: dict[str, Any]) -> Pat
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     bits = {"int8": 8, "int4": 4}[options["weights"]]
+    block = options.get("block_size", DEFAULT_BLOCK_SIZE)
+    level = options.get("accuracy_level", DEFAULT_ACCURACY_LEVEL)
     model = onnx.load(str(source))
     opsets = {o.domain: o.version for o in model.opset_import}
+    if options.get("exact_grids", True):
+        keep_exact_grids(model, bits, block, level)
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
-        block_size=options.get("block_size", DEFAULT_BLOCK_SIZE),
+        block_size=block,
         is_symmetric=options.get("symmetric", True),
-        accuracy_level=options.get("accuracy_level", DEFAULT_ACCURACY_LEVEL),
+        accuracy_level=level,
         op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",),
     )
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
