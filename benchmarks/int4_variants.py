@@ -4,8 +4,9 @@
 
 Each variant quantises the same exported fp32 graph, is compiled by the ONNX Runtime backend and scored on the
 first 200 tokens of `QEfficient/generation/eval_text.py` by teacher forcing (`QEfficient.generation.quality`).
-The min-max variant with float zero points is an experiment kept here (not a compile option): it reproduces a
-GGUF Q4_1 grid exactly but ONNX Runtime has no fast CPU kernel for float zero points.
+The first two are `compile(weights="int4")` with and without `exact_grids`; the others quantise the graph before
+compile. The min-max variant with float zero points is an experiment kept here (not a compile option): it is as
+accurate as exact grids but ONNX Runtime has no fast CPU kernel for float zero points.
 """
 
 from __future__ import annotations
@@ -103,27 +104,33 @@ def main() -> None:
         minmax_float_zero_points(m)
         return m
 
+    def unchanged(m: onnx.ModelProto) -> onnx.ModelProto:
+        return m
+
+    # name -> (what quantises the graph before compile, compile options)
     variants = {
-        "fp32": lambda m: m,
-        "symmetric RTN, block 32 (the compile default)": ort_quantizer(
-            is_symmetric=True, op_types_to_quantize=("MatMul", "Gather")
+        "fp32": (unchanged, {}),
+        "exact grids (the compile default)": (unchanged, {"weights": "int4"}),
+        "symmetric RTN, block 32 (`exact_grids=False`)": (unchanged, {"weights": "int4", "exact_grids": False}),
+        "asymmetric RTN (integer zero points)": (
+            ort_quantizer(is_symmetric=False, op_types_to_quantize=("MatMul", "Gather")),
+            {},
         ),
-        "asymmetric RTN (integer zero points)": ort_quantizer(
-            is_symmetric=False, op_types_to_quantize=("MatMul", "Gather")
+        "symmetric, embeddings and lm_head kept fp32": (
+            ort_quantizer(is_symmetric=True, op_types_to_quantize=("MatMul",), nodes_to_exclude=lm_head),
+            {},
         ),
-        "symmetric, embeddings and lm_head kept fp32": ort_quantizer(
-            is_symmetric=True, op_types_to_quantize=("MatMul",), nodes_to_exclude=lm_head
+        "min-max blocks with float zero points": (float_zp, {}),
+        "ORT HQQ (float zero points)": (
+            ort_quantizer(op_types_to_quantize=("MatMul",), algo=mq.HQQWeightOnlyQuantConfig(block_size=32, bits=4)),
+            {},
         ),
-        "min-max blocks with float zero points": float_zp,
-        "ORT HQQ (float zero points)": ort_quantizer(
-            op_types_to_quantize=("MatMul",), algo=mq.HQQWeightOnlyQuantConfig(block_size=32, bits=4)
-        ),
-        "ORT k-quant": ort_quantizer(op_types_to_quantize=("MatMul",), algo=mq.KQuantWeightOnlyQuantConfig()),
+        "ORT k-quant": (ort_quantizer(op_types_to_quantize=("MatMul",), algo=mq.KQuantWeightOnlyQuantConfig()), {}),
     }
     backend = OnnxRuntimeBackend()
     specs = [{"batch_size": 1, "seq_len": 32}, {"batch_size": 1, "seq_len": 1}]
     print("| int4 variant | perplexity | decode tokens/s |\n|---|---:|---:|")
-    for name, quantize in variants.items():
+    for name, (quantize, options) in variants.items():
         folder = Path(tempfile.mkdtemp(prefix="qeff-int4-"))
         try:
             graph = quantize(onnx.load(str(model.onnx_path)))
@@ -132,7 +139,7 @@ def main() -> None:
                 graph, str(folder / "graph/model.onnx"), save_as_external_data=True, location="model.onnx.data"
             )
             (folder / "program").mkdir()
-            meta = backend.compile(folder / "graph/model.onnx", folder / "program", specs, {})
+            meta = backend.compile(folder / "graph/model.onnx", folder / "program", specs, dict(options))
             program = backend.open(folder / "program", meta)
             scored = perplexity(
                 types.SimpleNamespace(program=program, compile_config={"ctx_len": 256, "batch_size": 1}), ids

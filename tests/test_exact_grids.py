@@ -122,3 +122,12 @@ def test_exact_grids_must_be_a_bool(gguf_like) -> None:
     model, _ = gguf_like
     with pytest.raises(ValueError, match="exact_grids must be True or False; got 'yes'"):
         model.compile(prefill_seq_len=16, ctx_len=64, weights="int4", exact_grids="yes")
+
+
+def test_cli_requantize_sets_exact_grids_false() -> None:
+    from QEfficient.cli.main import _weights, build_parser
+
+    parser = build_parser()
+    assert _weights(parser.parse_args(["infer", "--weights", "int4"]))["exact_grids"] is True
+    assert _weights(parser.parse_args(["infer", "--weights", "int4", "--requantize"]))["exact_grids"] is False
+    assert _weights(parser.parse_args(["compile", "--weights", "int8", "--requantize"]))["exact_grids"] is False

@@ -36,7 +36,6 @@ from QEfficient.backends.graph_edit import set_nodes
 
 logger = logging.getLogger(__name__)
 
-ROWS = 2
 GRID_TOLERANCE = 1e-3  # how far from a grid point a weight may be, in grid steps (fp32 rounding is far below)
 
 
@@ -117,7 +116,7 @@ class _Rewriter:
         scales = self.constant(np.ones(padded * n_blocks, np.float32), f"{base}.scales")
         nodes = [
             self.matmul_nbits([x, weights, scales], base, k, padded, 4, base),
-            helper.make_node("Concat", [x] + [base] * ROWS, [f"{x}.extended"], axis=-1, name=f"{x}.extended"),
+            helper.make_node("Concat", [x, base, base], [f"{x}.extended"], axis=-1, name=f"{x}.extended"),
         ]
         self.extended[x] = (f"{x}.extended", nodes)
         return f"{x}.extended", nodes
@@ -145,7 +144,7 @@ class _Rewriter:
             coarse, coarse_scale = _symmetric_4bit(padded, block)
             fine = padded - (coarse.astype(np.float32) - 8) * np.repeat(coarse_scale, block, axis=0)
             fine_q, fine_scale = _symmetric_4bit(fine, block)
-            for extra_q, extra_scale in ((coarse, coarse_scale), (fine_q, fine_scale))[:ROWS]:
+            for extra_q, extra_scale in ((coarse, coarse_scale), (fine_q, fine_scale)):
                 rows.append(extra_q.reshape(-1, block, n))
                 scales.append(extra_scale)
                 zeros.append(np.full(extra_scale.shape, 8))

@@ -1,5 +1,9 @@
 """`qeff bench`: HF eager and QEfficient (fp32 / int8 / int4 weights) on the same prompt, in one run.
 
+`int4` keeps weights that are already on a quantisation grid (a GGUF checkpoint's) on it exactly (`exact_grids`, the
+compile default); `int4-requantized` is `compile(weights="int4", exact_grids=False)`, which quantises them again
+(smaller and faster, at a cost in perplexity on such a checkpoint).
+
 Per engine: TTFT, prefill and decode tokens/s, peak RSS, decode speed relative to HF eager, the fraction of the
 memory-bandwidth bound reached, perplexity on a fixed text (`QEfficient/generation/eval_text.py`) and greedy
 agreement with QEfficient fp32 over the generated tokens.
@@ -54,7 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-QEFF_WEIGHTS = ("fp32", "int8", "int4")
+QEFF_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
+COMPILE_OPTIONS = {"int4-requantized": {"weights": "int4", "exact_grids": False}}  # else {"weights": kind}
 PEERS = ("optimum", "genai", "genai-fp32")
 EVAL_TOKENS = 200
 WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
@@ -193,7 +198,8 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
         folder = str(gguf_folder(folder, gguf, AutoModelForCausalLM))
     programs = {}
     for weights in config.weights:
-        model.compile(prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, weights=weights)
+        options = COMPILE_OPTIONS.get(weights, {"weights": weights})
+        model.compile(prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, **options)
         programs[weights] = str(model.program_path)
     tokenizer = model.tokenizer
     prompt = tokenizer(BENCH_TEXT * (1 + config.prompt_tokens // 16))["input_ids"][: config.prompt_tokens]

@@ -58,11 +58,19 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
 def _add_weights_args(add: Any) -> None:
     add("--weights", choices=["fp32", "int8", "int4"], default="fp32", help="weight precision (default fp32)")
     add("--block-size", dest="block_size", type=int, default=32, help="quantisation block size (default 32)")
+    add(
+        "--requantize",
+        action="store_true",
+        help="quantise weights that are already on a quantisation grid (a GGUF checkpoint's) again, instead of "
+        "keeping them exactly (compile's exact_grids=False: smaller and faster, less accurate)",
+    )
 
 
 def _weights(args: argparse.Namespace) -> dict[str, Any]:
-    """The compile options for `--weights` / `--block-size` (none for fp32)."""
-    return {} if args.weights == "fp32" else {"weights": args.weights, "block_size": args.block_size}
+    """The compile options for `--weights` / `--block-size` / `--requantize` (none for fp32)."""
+    if args.weights == "fp32":
+        return {}
+    return {"weights": args.weights, "block_size": args.block_size, "exact_grids": not args.requantize}
 
 
 def _add_text_args(parser: argparse.ArgumentParser) -> None:
@@ -309,6 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from QEfficient import __version__
+    from QEfficient.cli.bench import QEFF_WEIGHTS
     from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
 
     parser = argparse.ArgumentParser(prog="qeff", description="QEfficient: export, compile and run HF models.")
@@ -323,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="HF eager vs QEfficient fp32/int8/int4: speed, peak RSS, bandwidth bound, perplexity, agreement",
-        description="One run: HF eager and QEfficient (fp32, int8, int4 weights), each in its own process; "
+        description="One run: HF eager and QEfficient (fp32, int8, int4 weights; int4-requantized: int4 with "
+        "exact_grids=False), each in its own process; "
         "prints TTFT, prefill/decode tokens/s, peak RSS, the fraction of the memory-bandwidth bound, perplexity "
         "on a fixed text and greedy agreement with fp32 (see QEfficient/cli/bench.py).",
     )
@@ -331,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         nargs="*",
-        choices=("fp32", "int8", "int4"),
-        default=["fp32", "int8", "int4"],
-        help="QEfficient weight precisions to run (default: all three)",
+        choices=QEFF_WEIGHTS,
+        default=list(QEFF_WEIGHTS),
+        help="QEfficient weight precisions to run (default: all four)",
     )
     p.add_argument(
         "--peers",
