@@ -22,7 +22,8 @@ How it measures:
   (weights, scales, zero points; not the embedding table's Gather), or the `nn.Linear` weights for HF eager
   (the tied LM head counts once). The bound is bandwidth / bytes per token, in tokens/s.
 - Perplexity teacher-forces the first 200 tokens of the text through decode steps
-  (`QEfficient.generation.quality.perplexity`); HF eager's is one forward over the same tokens.
+  (`QEfficient.generation.quality.perplexity`); HF eager's is one forward over the same tokens;
+  onnxruntime-genai's appends one token at a time to its generator and reads its logits (`stepwise_perplexity`).
 
 `--peers` adds optimum-onnx (`optimum.onnxruntime.ORTModelForCausalLM`, exported from the same HF folder) and
 onnxruntime-genai (models built by `onnxruntime_genai.models.builder`, int4 and fp32) when they are importable, and
@@ -385,7 +386,18 @@ class _GenAIEngine:
         }
 
     def perplexity(self, ids: list[int]) -> float:
-        return math.nan  # the generator API exposes no per-position logits of a forced text
+        """Teacher-forced, one token at a time through the generator (its logits after each appended token)."""
+        from QEfficient.generation.quality import stepwise_perplexity
+
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + 1)
+        generator = self.og.Generator(self.model, params)
+
+        def step(token: int) -> Any:
+            generator.append_tokens([token])
+            return generator.get_logits()
+
+        return stepwise_perplexity(step, ids)
 
 
 def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[str, Any]) -> None:

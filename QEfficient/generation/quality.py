@@ -9,7 +9,7 @@ whole text) and needs no extra graph. `hf_perplexity` is the reference: one forw
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,11 +53,23 @@ def perplexity(model: Any, token_ids: Sequence[int]) -> float:
     state = program.new_state({"batch_size": batch, "seq_len": 1})
     step_ids = np.zeros((batch, 1), dtype=np.int64)
     positions = np.full((batch, 1), -1, dtype=np.int64)
-    total = 0.0
-    for i, token in enumerate(ids[:-1]):
-        step_ids[0, 0], positions[0, 0] = token, i
-        logits = program.run_with_state({"input_ids": step_ids, "position_ids": positions}, state)["logits"]
-        total += _negative_log_likelihood(logits[0, -1], ids[i + 1])
+
+    def step(token: int) -> np.ndarray:
+        step_ids[0, 0] = token
+        positions[0, 0] += 1
+        return program.run_with_state({"input_ids": step_ids, "position_ids": positions}, state)["logits"][0, -1]
+
+    return stepwise_perplexity(step, ids)
+
+
+def stepwise_perplexity(step: Callable[[int], np.ndarray], token_ids: Sequence[int]) -> float:
+    """Perplexity of `token_ids` under any engine that takes one token at a time: `step(token)` appends `token` to
+    the engine's sequence and returns the logits [vocab] that predict the next one. Teacher forcing, as
+    `perplexity` (which is this over a compiled program's decode steps)."""
+    ids = _token_list(token_ids)
+    total = sum(
+        _negative_log_likelihood(np.asarray(step(token)).reshape(-1), ids[i + 1]) for i, token in enumerate(ids[:-1])
+    )
     return math.exp(total / (len(ids) - 1))
 
 
