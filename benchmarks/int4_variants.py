@@ -77,6 +77,8 @@ def ort_quantizer(**kwargs):  # noqa: ANN003, ANN201
         for opset in quantized.opset_import:
             if opset.domain in ("", "ai.onnx"):
                 opset.version = 17
+        if not any(opset.domain == "com.microsoft" for opset in quantized.opset_import):  # k-quant leaves it out
+            quantized.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         return quantized
 
     return apply

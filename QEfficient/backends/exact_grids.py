@@ -37,6 +37,7 @@ from QEfficient.backends.graph_edit import set_nodes
 logger = logging.getLogger(__name__)
 
 GRID_TOLERANCE = 1e-3  # how far from a grid point a weight may be, in grid steps (fp32 rounding is far below)
+SAMPLE_COLUMNS = 16  # checked before the whole matrix
 
 
 def _integral(q: np.ndarray) -> np.ndarray | None:
@@ -207,10 +208,11 @@ def _matmul(
         return None
     w = numpy_helper.to_array(weight)
     blocks = w.reshape(w.shape[0] // rewriter.block, rewriter.block, w.shape[1])
-    if bits == 4 and (grid := affine_4bit_grid(blocks)) is not None:
+    sample = blocks[:, :, :SAMPLE_COLUMNS]  # a few columns first: most weights are on no grid, and say so at once
+    if bits == 4 and affine_4bit_grid(sample) is not None and (grid := affine_4bit_grid(blocks)) is not None:
         kept["4-bit"] += 1
         return rewriter.matmul_4bit(node, grid)
-    if (grid8 := symmetric_8bit_grid(blocks)) is not None:
+    if symmetric_8bit_grid(sample) is not None and (grid8 := symmetric_8bit_grid(blocks)) is not None:
         kept["8-bit"] += 1
         return rewriter.matmul_8bit(node, *grid8)
     return None
@@ -223,7 +225,7 @@ def _gather(
         return None
     t = numpy_helper.to_array(table)  # [rows, D], blocks along D
     blocks = t.reshape(t.shape[0], -1, rewriter.block).transpose(1, 2, 0)
-    if (grid := symmetric_8bit_grid(blocks)) is None:
+    if symmetric_8bit_grid(blocks[:, :, :SAMPLE_COLUMNS]) is None or (grid := symmetric_8bit_grid(blocks)) is None:
         return None
     kept["8-bit embedding"] += 1
     return rewriter.gather_8bit(node, *grid)
