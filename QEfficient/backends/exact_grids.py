@@ -8,15 +8,17 @@ SmolLM2-135M's Q4_1 checkpoint that costs +29 % perplexity. This module finds th
 lies on such a grid and writes them in `MatMulNBits` form that reproduces them:
 
 - a symmetric 8-bit grid: `MatMulNBits(bits=8)`, or `GatherBlockQuantized(bits=8)` for an embedding table. Exact.
-- a 16-level affine grid: `MatMulNBits(bits=4)` with integer zero points z = round(-m / d) and the rest of each block's
-  offset, r = m + z d (|r| <= d / 2 where z fits in 0..15), as extra reduction rows:
+- a 16-level affine grid: `MatMulNBits(bits=4)`, q counted from the block's minimum m, the kernel's implicit zero
+  point 8, and the rest of each block's offset, r = m + 8 d, as extra reduction rows:
 
-      x W = x [d (q - z)] + sum over blocks b of s_b(x) r_b,      s_b(x) = the sum of x over block b,
+      x W = x [d (q - 8)] + sum over blocks b of s_b(x) r_b,      s_b(x) = the sum of x over block b,
 
-  so the product reads `Concat(x, s(x), s(x))` against the rows [d (q - z); r coarse; r fine]. The block sums come
+  so the product reads `Concat(x, s(x), s(x))` against the rows [d (q - 8); r coarse; r fine]. The block sums come
   from a `MatMulNBits` with 0/1 weights (one per input, shared by the MatMuls that read it), and r is written as two
   4-bit rows, the second holding what the first rounds off (within about 1/200 of the largest |r| of a column).
-  Matrices whose offsets are all whole steps (Q4_0) need no extra rows.
+  Where integer zero points leave no rest (Q4_0: m a whole number of steps) they are used instead, without rows.
+  (Integer zero points plus rows for the remainder were measured 9 % slower per step: the kernel's asymmetric
+  path costs more than the rows.)
 
 A matrix is kept only if all its blocks lie on one of these grids (to a thousandth of a step), so on weights that were
 never quantised nothing changes. The block size is the compile's `block_size`: GGUF's grids are blocks of 32, the
@@ -134,11 +136,18 @@ class _Rewriter:
         n_blocks, block, n = q.shape
         k = n_blocks * block
         name = node.name or node.output[0]
+        # The kernel computes step * (q - zero) and q counts from `low`, so low + step q = step (q - zero) + rest with
+        # rest = low + zero step. Without zero points the kernel takes zero = 8 and runs its faster symmetric path;
+        # integer zero points are used only when they leave no rest (Q4_0 and its like: no extra rows at all).
+        rest = (low + 8 * step).astype(np.float32)  # [n_blocks, N]
         zero = np.clip(np.rint(-low / step), 0, 15)
-        rest = (low + zero * step).astype(np.float32)  # [n_blocks, N]: the offset that whole steps do not give
-        # the kernel computes step * (q - zero): q counts from `low`, so low + step q = step (q - zero) + rest
-        rows, scales, zeros, x, nodes = [q], [step], [zero], node.input[0], []
-        if np.any(rest):
+
+        def whole_steps(offset: np.ndarray) -> bool:  # to fp32 rounding
+            return bool(np.all(np.abs(offset) <= GRID_TOLERANCE * step))
+
+        with_zeros = not whole_steps(rest) and whole_steps(low + zero * step)
+        rows, scales, x, nodes = [q], [step], node.input[0], []
+        if not whole_steps(rest) and not with_zeros:  # the offsets as rows against the block sums
             x, nodes = self.with_block_sums(node.input[0], k)
             padded = np.zeros((-(-n_blocks // block) * block, n), np.float32)
             padded[:n_blocks] = rest
@@ -148,17 +157,17 @@ class _Rewriter:
             for extra_q, extra_scale in ((coarse, coarse_scale), (fine_q, fine_scale)):
                 rows.append(extra_q.reshape(-1, block, n))
                 scales.append(extra_scale)
-                zeros.append(np.full(extra_scale.shape, 8))
         q_all = np.concatenate(rows, axis=0)  # [blocks, block, N]
-        zero_all = np.concatenate(zeros, axis=0).T.astype(np.uint8)  # [N, blocks]
-        if zero_all.shape[1] % 2:
-            zero_all = np.concatenate([zero_all, np.zeros((n, 1), np.uint8)], axis=1)
         inputs = [
             x,
             self.constant(_pack_4bit(q_all.transpose(2, 0, 1)), f"{name}.q4"),
             self.constant(np.ascontiguousarray(np.concatenate(scales, axis=0).T).reshape(-1), f"{name}.scales"),
-            self.constant(_pack_4bit(zero_all).reshape(-1), f"{name}.zero_points"),
         ]
+        if with_zeros:
+            zero_points = zero.T.astype(np.uint8)  # [N, blocks]
+            if zero_points.shape[1] % 2:
+                zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
+            inputs.append(self.constant(_pack_4bit(zero_points).reshape(-1), f"{name}.zero_points"))
         return [*nodes, self.matmul_nbits(inputs, node.output[0], q_all.shape[0] * block, n, 4, name)]
 
     def gather_8bit(self, node: onnx.NodeProto, q: np.ndarray, scale: np.ndarray) -> list[onnx.NodeProto]:
