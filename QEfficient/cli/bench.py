@@ -625,7 +625,8 @@ def _report(
         f"prefill_seq_len {config.prefill_seq_len}, ctx_len {config.ctx_len}; median of {config.rounds} "
         "interleaved rounds after a warm-up; each engine in its own process",
         f"perplexity: the first {len(prep['eval_ids'])} tokens of QEfficient/generation/eval_text.py "
-        f"({prep['eval_words']} words), teacher-forced through decode steps (HF eager: one forward)",
+        f"({prep['eval_words']} words), teacher-forced through decode steps (HF eager: one forward; "
+        "onnxruntime-genai: one token at a time through its generator)",
         f"memory bandwidth: {bandwidth:.1f} GB/s (best of 7 torch sums of a 1 GiB fp32 tensor, {config.threads} "
         "threads); bound = bandwidth / weights read per token (MatMul/MatMulNBits/Gemm/FusedMatMul initializers "
         "of the compiled graph; nn.Linear weights for HF eager)",
