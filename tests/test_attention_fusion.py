@@ -12,7 +12,7 @@ import pytest
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.backends import open_program
-from tests.test_quantization import op_counts
+from tests.program_checks import op_counts
 from tests.tiny_models import tiny_decoder
 
 PREFILL, CTX = 8, 32

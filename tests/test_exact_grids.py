@@ -11,7 +11,7 @@ import torch
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.backends.exact_grids import affine_4bit_grid, keep_exact_grids, symmetric_8bit_grid
-from tests.test_quantization import PROMPT, last_logits, op_counts
+from tests.program_checks import PROMPT, last_logits, op_counts
 from tests.tiny_models import tiny_decoder
 
 BLOCK = 32

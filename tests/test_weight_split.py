@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from QEfficient import QEFFAutoModelForCausalLM
-from tests.test_quantization import PROMPT, last_logits, op_counts
+from tests.program_checks import PROMPT, last_logits, op_counts
 from tests.tiny_models import tiny_decoder
 
 
