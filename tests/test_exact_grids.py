@@ -99,6 +99,7 @@ def test_int4_keeps_gguf_grids_exactly(gguf_like) -> None:
 
     # with int8 compute (the default) the tokens are HF's on these weights
     model.compile(prefill_seq_len=16, ctx_len=64, weights="int4")
+    assert model.program.manifest["options"]["exact_grids"] is True
     ids = torch.tensor([PROMPT])
     expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
     out = model.generate(None, [PROMPT], generation_len=16)

@@ -336,7 +336,8 @@ class OnnxRuntimeBackend(Backend):
             for key in QUANTIZATION_OPTIONS[1:]:
                 options.pop(key, None)
         else:  # quantised weights: the offline optimisation starts from the quantised graph
-            options = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, **options}
+            defaults = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, "exact_grids": True}
+            options = {**defaults, **options}  # the manifest records what the program was compiled with
             onnx_path = quantize_weights(onnx_path, Path(out_dir) / "quantized", options)
             scratch.append(onnx_path.parent)
         if split and (split_path := split_large_weights(onnx_path, Path(out_dir) / "split", split)) is not None:
