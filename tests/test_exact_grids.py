@@ -132,3 +132,5 @@ def test_cli_requantize_sets_exact_grids_false() -> None:
     assert _weights(parser.parse_args(["infer", "--weights", "int4"]))["exact_grids"] is True
     assert _weights(parser.parse_args(["infer", "--weights", "int4", "--requantize"]))["exact_grids"] is False
     assert _weights(parser.parse_args(["compile", "--weights", "int8", "--requantize"]))["exact_grids"] is False
+    with pytest.raises(ValueError, match="--requantize applies to quantised weights: add --weights int4"):
+        _weights(parser.parse_args(["infer", "--requantize"]))

@@ -69,6 +69,8 @@ def _add_weights_args(add: Any) -> None:
 def _weights(args: argparse.Namespace) -> dict[str, Any]:
     """The compile options for `--weights` / `--block-size` / `--requantize` (none for fp32)."""
     if args.weights == "fp32":
+        if args.requantize:
+            raise ValueError("--requantize applies to quantised weights: add --weights int4 (or int8).")
         return {}
     return {"weights": args.weights, "block_size": args.block_size, "exact_grids": not args.requantize}
 
