@@ -94,7 +94,7 @@ class _Rewriter:
         self.block = block
         self.level = accuracy_level
         self.initializers: list[onnx.TensorProto] = []
-        self.extended: dict[str, tuple[str, list[onnx.NodeProto]]] = {}  # input -> (Concat(x, s, s), its nodes)
+        self.extended: dict[str, str] = {}  # input -> its Concat(x, s, s), made once
 
     def constant(self, array: np.ndarray, name: str) -> str:
         self.initializers.append(numpy_helper.from_array(array, name))
@@ -110,7 +110,7 @@ class _Rewriter:
         """`Concat(x, s, s)`, s the sums of x over each block padded with zeros to whole blocks, and the nodes that
         make it (returned once per input: the MatMuls reading the same input share them)."""
         if x in self.extended:
-            return self.extended[x][0], []
+            return self.extended[x], []
         n_blocks, padded = k // self.block, -(-k // self.block // self.block) * self.block
         ones = np.full((padded, n_blocks, self.block), 8, np.uint8)  # row b of the sums: 1 on block b, 0 elsewhere
         ones[np.arange(n_blocks), np.arange(n_blocks)] = 9
@@ -121,8 +121,8 @@ class _Rewriter:
             self.matmul_nbits([x, weights, scales], base, k, padded, 4, base),
             helper.make_node("Concat", [x, base, base], [f"{x}.extended"], axis=-1, name=f"{x}.extended"),
         ]
-        self.extended[x] = (f"{x}.extended", nodes)
-        return f"{x}.extended", nodes
+        self.extended[x] = f"{x}.extended"
+        return self.extended[x], nodes
 
     def matmul_8bit(self, node: onnx.NodeProto, q: np.ndarray, scale: np.ndarray) -> list[onnx.NodeProto]:
         n_blocks, block, n = q.shape
@@ -145,9 +145,10 @@ class _Rewriter:
         def whole_steps(offset: np.ndarray) -> bool:  # to fp32 rounding
             return bool(np.all(np.abs(offset) <= GRID_TOLERANCE * step))
 
-        with_zeros = not whole_steps(rest) and whole_steps(low + zero * step)
+        needs_offsets = not whole_steps(rest)
+        with_zeros = needs_offsets and whole_steps(low + zero * step)
         rows, scales, x, nodes = [q], [step], node.input[0], []
-        if not whole_steps(rest) and not with_zeros:  # the offsets as rows against the block sums
+        if needs_offsets and not with_zeros:  # the offsets as rows against the block sums
             x, nodes = self.with_block_sums(node.input[0], k)
             padded = np.zeros((-(-n_blocks // block) * block, n), np.float32)
             padded[:n_blocks] = rest

@@ -60,14 +60,7 @@ from pathlib import Path
 from typing import Any
 
 QEFF_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
-COMPILE_OPTIONS = {"fp32": {}, "int4-requantized": {"weights": "int4", "exact_grids": False}}
-
-
-def compile_options(weights: str) -> dict[str, Any]:
-    """The `compile` options of one of `QEFF_WEIGHTS`."""
-    return COMPILE_OPTIONS.get(weights, {"weights": weights})
-
-
+COMPILE_OPTIONS = {"fp32": {}, "int4-requantized": {"weights": "int4", "exact_grids": False}}  # else weights=kind
 PEERS = ("optimum", "genai", "genai-fp32")
 EVAL_TOKENS = 200
 WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
@@ -81,6 +74,11 @@ PEER_NAMES = {
     "genai-fp32": "onnxruntime-genai (fp32)",
 }
 PEER_MODULES = {"optimum": "optimum.onnxruntime", "genai": "onnxruntime_genai", "genai-fp32": "onnxruntime_genai"}
+
+
+def compile_options(weights: str) -> dict[str, Any]:
+    """The `compile` options of one of `QEFF_WEIGHTS`."""
+    return COMPILE_OPTIONS.get(weights, {"weights": weights})
 
 
 @dataclass
