@@ -95,6 +95,13 @@ def state_shapes(state: Any) -> dict[str, tuple[int, ...]]:
     return dict(shapes) if shapes is not None else {name: tuple(a.shape) for name, a in state.items()}
 
 
+def state_arrays(state: Any) -> dict[str, np.ndarray]:
+    """Writable host arrays of a retained state, sharing its memory (a dict of arrays, or a backend's state object
+    with `host_views`), so that a change to them is a change to the state (e.g. copying one cache row into another)."""
+    views = getattr(state, "host_views", None)
+    return views() if views is not None else dict(state)
+
+
 class MultiGraphProgram(Program):
     """A program made of several compiled graphs that share their retained state, such as the prefill and decode
     graphs of a model with recurrent state (docs/recurrent_state.md).

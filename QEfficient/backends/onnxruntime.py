@@ -272,6 +272,13 @@ class OrtRetainedState:
     def swap(self) -> None:
         self.current, self.spare = self.spare, self.current
 
+    def host_views(self) -> dict[str, np.ndarray]:
+        """The current state as numpy arrays that share the ORT values' memory (CPU only): writes go into the state."""
+        devices = {value.device_name().lower() for value in self.current.values()}
+        if devices != {"cpu"}:
+            raise NotImplementedError(f"The retained state lives on {sorted(devices)}: no host views of it.")
+        return {name: value.numpy() for name, value in self.current.items()}
+
     def numpy(self) -> dict[str, np.ndarray]:
         """A host copy of the current state (for inspection and tests)."""
         return {name: value.numpy().copy() for name, value in self.current.items()}  # a view would outlive the values

@@ -6,6 +6,7 @@ qeff compile  --model PATH [--seq-len 32,128] [--batch-size 1]
 qeff execute  --model PATH --text "a sentence" --text "another"
 qeff validate --model PATH [--pooling mean --normalize]
 qeff sweep    [--task causal-lm] [--only llama gpt2] [--ci]   # writes docs/supported_models.md
+qeff serve    [--model PATH_OR_GGUF] [--weights int4] [--slots 8] [--port 8000]   # OpenAI-compatible server
 """
 
 from __future__ import annotations
@@ -90,18 +91,13 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 - QEFFAutoModel
     from QEfficient import QEFFAutoModel
-    from QEfficient.transformers.embeddings.st_config import sentence_transformers_pooling
+    from QEfficient.transformers.embeddings.st_config import pooling_settings
     from QEfficient.utils.default_models import default_embedding_model
 
     model_path = args.model or str(default_embedding_model())
-    pooling, normalize = args.pooling, args.normalize
-    if pooling is None:
-        found = sentence_transformers_pooling(model_path) if Path(model_path).is_dir() else None
-        pooling, st_normalize = found or ("mean", False)
-        normalize = st_normalize if normalize is None else normalize
-    pooling = None if pooling == "none" else pooling
-    print(f"model: {model_path} (pooling={pooling}, normalize={bool(normalize)})")
-    return QEFFAutoModel.from_pretrained(model_path, pooling=pooling, normalize=bool(normalize))
+    pooling, normalize = pooling_settings(model_path, args.pooling, args.normalize)
+    print(f"model: {model_path} (pooling={pooling}, normalize={normalize})")
+    return QEFFAutoModel.from_pretrained(model_path, pooling=pooling, normalize=normalize)
 
 
 def _export(model) -> str:  # noqa: ANN001
@@ -320,6 +316,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from QEfficient import __version__
     from QEfficient.cli.bench import QEFF_WEIGHTS
+    from QEfficient.cli.serve import add_serve_args, cmd_serve
     from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
 
     parser = argparse.ArgumentParser(prog="qeff", description="QEfficient: export, compile and run HF models.")
@@ -359,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
     p.add_argument("--threads", type=int, help="threads per engine (default: all cores)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible server (chat, completions, embeddings) with continuous batching",
+        description="Serve the model over OpenAI's API at http://HOST:PORT/v1 (see docs/serving.md).",
+    )
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("embed", help="embed sentences and print their similarity matrix (the default job)")
     _add_model_args(p), _add_compile_args(p), _add_text_args(p)

@@ -53,3 +53,12 @@ class Sampler:
             np.put_along_axis(probs, order, sorted_probs, axis=-1)
             probs /= probs.sum(axis=-1, keepdims=True)
         return np.array([self.rng.choice(len(p), p=p) for p in probs])
+
+
+def apply_penalties(logits: np.ndarray, generated: list[int], presence: float, frequency: float) -> np.ndarray:
+    """OpenAI's presence and frequency penalties on one row of logits `[V]`: a token generated `n` times so far loses
+    `presence` once and `frequency * n` (in place; returns the row)."""
+    if generated and (presence or frequency):
+        tokens, counts = np.unique(np.asarray(generated), return_counts=True)
+        logits[tokens] -= presence + frequency * counts
+    return logits

@@ -34,6 +34,15 @@ def eos_token_ids(*sources: Any) -> list[int]:
     return sorted(ids)
 
 
+def chat_token_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The prompt's token ids for a chat (`[{"role": ..., "content": ...}, ...]`) through the tokenizer's chat
+    template, ready for the assistant's answer. The template writes any special tokens itself."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("This model's tokenizer has no chat template: give a plain prompt instead of a chat.")
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class GenerationOutput:
     """What `generate` returns: per prompt, the new text, its token ids and why it stopped."""
@@ -140,12 +149,7 @@ class TextGenerator:
             if not prompt.strip():
                 raise ValueError(f"Prompt {i} is empty; every prompt needs at least one token.")
             if chat:
-                if getattr(self.tokenizer, "chat_template", None) is None:
-                    raise ValueError("chat=True but the tokenizer has no chat template.")
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-                )
-                rows.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                rows.append(chat_token_ids(self.tokenizer, [{"role": "user", "content": prompt}]))
             else:
                 rows.append(self.tokenizer(prompt)["input_ids"])
         return rows
@@ -175,7 +179,9 @@ class TextGenerator:
 
     # ---- program steps -------------------------------------------------------------------------
 
-    def _step(self, state: Any, ids: np.ndarray, positions: np.ndarray, batch_index: np.ndarray | None) -> np.ndarray:
+    def step(self, state: Any, ids: np.ndarray, positions: np.ndarray, batch_index: np.ndarray | None) -> np.ndarray:
+        """One program run on `state`: tokens `ids` at `positions` (-1: padding) into the cache rows `batch_index`
+        (continuous batching) or the batch's own rows; returns each row's logits at its last column `[B, V]`."""
         inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64)}
         if batch_index is not None:
             inputs["batch_index"] = batch_index.astype(np.int64)
@@ -187,6 +193,23 @@ class TextGenerator:
         Rows are padded to a whole number of chunks: on the right, or on the left with `left_padding`, so that
         every row ends in the last chunk. Padding has position -1.
         """
+        chunk = self.prefill_seq_len
+        ids, positions, ends = self.prefill_inputs(rows)
+        last: np.ndarray | None = None
+        for start in range(0, ids.shape[1], chunk):
+            logits = self.step(state, ids[:, start : start + chunk], positions[:, start : start + chunk], batch_index)
+            last = np.zeros_like(logits) if last is None else last
+            for r, end in enumerate(ends):
+                if rows[r] and start <= end < start + chunk:
+                    last[r] = logits[r]
+        return last
+
+    def prefill_inputs(
+        self, rows: list[list[int] | None], first_position: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Token ids and positions `[len(rows), n * prefill_seq_len]` for the prefill chunks of `rows` (None = idle
+        row), and the column of each row's last token. A row's tokens take positions from `first_position` on (a
+        prefix already in the cache row takes the positions before it)."""
         width, chunk = len(rows), self.prefill_seq_len
         lengths = [len(r) if r else 0 for r in rows]
         total = -(-max(lengths) // chunk) * chunk
@@ -196,16 +219,9 @@ class TextGenerator:
         for r, row in enumerate(rows):
             begin = total - lengths[r] if self.left_padding else 0
             ids[r, begin : begin + lengths[r]] = row or []
-            positions[r, begin : begin + lengths[r]] = np.arange(lengths[r])
+            positions[r, begin : begin + lengths[r]] = np.arange(first_position, first_position + lengths[r])
             ends.append(begin + lengths[r] - 1)
-        last: np.ndarray | None = None
-        for start in range(0, total, chunk):
-            logits = self._step(state, ids[:, start : start + chunk], positions[:, start : start + chunk], batch_index)
-            last = np.zeros_like(logits) if last is None else last
-            for r, end in enumerate(ends):
-                if lengths[r] and start <= end < start + chunk:
-                    last[r] = logits[r]
-        return last
+        return ids, positions, ends
 
     # ---- generation --------------------------------------------------------------------------------
 
@@ -288,7 +304,7 @@ class TextGenerator:
                 if active[i]:
                     ids[i, 0], pos[i, 0] = r.generated[-1], positions[i]
             t0 = time.perf_counter()
-            logits = self._step(state, ids, pos, None)
+            logits = self.step(state, ids, pos, None)
             tokens = sampler(logits)
             clock.add_decode(time.perf_counter() - t0, sum(active))
             for i, r in enumerate(requests):
@@ -332,7 +348,7 @@ class TextGenerator:
                 ids[slot, 0] = request.generated[-1]
             pos = positions.reshape(slots, 1).copy()
             t0 = time.perf_counter()
-            logits = self._step(state, ids, pos, np.arange(slots).reshape(slots, 1))
+            logits = self.step(state, ids, pos, np.arange(slots).reshape(slots, 1))
             tokens = sampler(logits)
             clock.add_decode(time.perf_counter() - t0, len(running))
             for slot, request in list(running.items()):

@@ -34,3 +34,15 @@ def sentence_transformers_pooling(folder: str | Path) -> tuple[str, bool] | None
         return None
     normalize = any(m.get("type", "").endswith("models.Normalize") for m in modules)
     return modes[0], normalize
+
+
+def pooling_settings(
+    model_path: str | Path, pooling: str | None = None, normalize: bool | None = None
+) -> tuple[str | None, bool]:
+    """(pooling, normalize) for an encoder: the given ones, else the folder's sentence-transformers settings, else
+    mean pooling without normalisation. `pooling="none"` gives token embeddings (None)."""
+    if pooling is None:
+        found = sentence_transformers_pooling(model_path) if Path(model_path).is_dir() else None
+        pooling, st_normalize = found or ("mean", False)
+        normalize = st_normalize if normalize is None else normalize
+    return (None if pooling == "none" else pooling), bool(normalize)

@@ -1,0 +1,98 @@
+"""Prefix caching over the cache rows of a continuous-batching program.
+
+Each of the program's `full_batch_size` KV-cache rows holds the keys and values of the tokens written into it, at
+positions 0, 1, ... A row keeps them after its request ends, until another request is placed in it. A new request
+whose prompt begins with tokens some row already holds needs to prefill only the rest:
+
+- if that row is free, the request takes it and its KV stays where it is;
+- if it is running another request, the prefix's KV is copied into a free row (a copy of a few slots per layer,
+  far cheaper than running the model over them).
+
+Otherwise the request takes the least recently used free row, evicting what that row held. Reuse is counted in
+whole prefill chunks (blocks of `block` tokens, as vLLM counts it in KV blocks), so every prefill chunk starts at a
+multiple of the chunk length and fits the cache whole, and at least the prompt's last token is always prefilled
+(its logits give the first new token).
+
+Correct for caches whose slot p holds position p in every layer (no sliding window smaller than the context, no
+recurrent state): `supports_prefix_caching` checks that on the program.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from QEfficient.backends.base import Program, state_arrays
+
+
+def supports_prefix_caching(program: Program, ctx_len: int, left_padding: bool) -> bool:
+    """Whether every retained state of `program` is a KV cache whose slot p is position p (dims `[rows, heads,
+    ctx_len, head_dim]`), so that a row's first slots can be reused or copied for a shared prefix."""
+    names = program.state_names()
+    kv = all(name.startswith(("past_key.", "past_value.")) for name in names)
+    return bool(names) and kv and not left_padding and all(program.input_dims[n][2] == ctx_len for n in names)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new request goes: its cache row, how many of its prompt tokens that row will already hold, and the
+    row to copy them from (None: they are there already)."""
+
+    row: int
+    reused: int
+    copy_from: int | None = None
+
+
+class PrefixCache:
+    """The tokens whose KV each cache row holds, and the choice of a row for a new request."""
+
+    def __init__(self, rows: int, block: int, enabled: bool = True) -> None:
+        self.block = block
+        self.enabled = enabled
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self._clock = itertools.count(1)
+        self.last_used = [0] * rows
+
+    def place(self, prompt: list[int], free: list[int]) -> Placement:
+        """Choose one of the `free` rows for `prompt`, and the prefix it reuses (whole blocks, never the last
+        token)."""
+        best_row, best = -1, 0
+        if self.enabled:
+            prompt_array = np.asarray(prompt[:-1])
+            for row, held in enumerate(self.tokens):
+                n = min(len(held), len(prompt_array))
+                if n < self.block:
+                    continue
+                differ = np.flatnonzero(prompt_array[:n] != np.asarray(held[:n]))
+                common = int(differ[0]) if differ.size else n
+                common -= common % self.block
+                if common > best or (common == best and common and row in free):
+                    best_row, best = row, common
+        if best and best_row in free:
+            return self._take(Placement(best_row, best))
+        row = min(free, key=lambda r: self.last_used[r])  # least recently used
+        return self._take(Placement(row, best, best_row if best else None))
+
+    def _take(self, placement: Placement) -> Placement:
+        if placement.copy_from is None:
+            del self.tokens[placement.row][placement.reused :]
+        else:
+            self.tokens[placement.row] = self.tokens[placement.copy_from][: placement.reused]
+        self.last_used[placement.row] = next(self._clock)
+        return placement
+
+    def written(self, row: int, tokens: list[int] | np.ndarray) -> None:
+        """Record that `tokens` were written into `row` after the ones it holds."""
+        self.tokens[row].extend(int(t) for t in tokens)
+
+    def release(self, row: int) -> None:
+        """The row's request ended: its tokens stay for later requests (until the row is reused)."""
+        self.last_used[row] = next(self._clock)
+
+
+def copy_rows(state: object, source: int, target: int, length: int) -> None:
+    """Copy the first `length` slots of cache row `source` into row `target`, in every KV cache of `state`."""
+    for array in state_arrays(state).values():
+        array[target, :, :length] = array[source, :, :length]
