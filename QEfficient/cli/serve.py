@@ -97,7 +97,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(config)
     state = app.state.qeff
     server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=args.access_log,
+            timeout_graceful_shutdown=5,
+        )
     )
     failed = threading.Event()
 
