@@ -1,11 +1,12 @@
 """`qeff serve` under load (and llama-cpp-python's server as a peer): requests/s, output tokens/s, TTFT and ITL
 p50/p99 and failures per concurrency level, against the targets at 8 streams with 8 slots.
 
-    python benchmarks/bench_serve.py [--concurrency 1 4 8 16] [--requests 500] [--slots 8] [--max-tokens 64]
+    python benchmarks/bench_serve.py [--concurrency 1 4 8 16] [--requests 200] [--slots 8] [--max-tokens 64]
         [--weights fp32] [--llama-cpp] [--model FILE.gguf] [--threads N]
 
-`--requests` is the request count at the 8-stream level; the others scale with their stream count. The same
-benchmark is `qeff bench --serve`; how it measures is described in QEfficient/cli/bench_serve.py.
+`--requests` is the request count at the 8-stream level (default 200; the targets' failure count needs 500); the
+others scale with their stream count. The same benchmark is `qeff bench --serve`; how it measures is described in
+QEfficient/cli/bench_serve.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ The workload, the same for every server and deterministic:
   (its default is 1.1; `qeff serve` has none).
 - request count per level: `requests` is the count at the 8-stream level (the targets' level); level N sends
   ceil(requests * N / 8) requests, at least 2N and at most `requests` (500 -> 1: 63, 4: 250, 8: 500, 16: 500).
+  The default, 200 (1: 25, 4: 100, 8: 200, 16: 200), keeps a run of `qeff serve` alone within about 10 minutes on
+  2 busy cores; the failure target needs 500 (`--requests 500`).
 
 Per request: TTFT (send -> first chunk with content), inter-token latencies (between chunks with content), output
 tokens (`usage.completion_tokens` of the last chunk, asked for with `stream_options: {"include_usage": true}`; a
@@ -59,7 +61,7 @@ from typing import Any
 from QEfficient.cli.bench import _cpu_name
 
 DEFAULT_CONCURRENCY = (1, 4, 8, 16)
-DEFAULT_REQUESTS = 500
+DEFAULT_REQUESTS = 200  # at the 8-stream level; the targets' run uses 500
 REFERENCE_STREAMS = 8  # the level the targets speak of; `requests` is its request count
 PROMPT_WORDS = (9, 260)  # words of text per prompt: about 10..300 tokens with SmolLM2's tokenizer
 LONGEST_PROMPT_TOKENS = int(PROMPT_WORDS[1] * 1.3) + 40  # a margin over ~1.15 tokens/word, plus the chat template
@@ -137,6 +139,7 @@ class RequestResult:
     output_tokens: int = 0
     prompt_tokens: int | None = None
     latency_s: float = math.nan
+    chunks: int = 0  # chunks with content: the ITL samples are the gaps between them
     error: str = ""
 
 
@@ -237,6 +240,7 @@ async def _one_request(client: Any, target: Target, prompt: str, max_tokens: int
         result.error = "no content"
     else:
         result.ttft_s = chunks[0] - start
+        result.chunks = len(chunks)
         result.itls_s = [b - a for a, b in zip(chunks, chunks[1:])]
         if not target.usage_in_stream or not result.output_tokens:
             result.output_tokens = len(chunks)
@@ -614,8 +618,6 @@ def run_serve_bench(
     if peer is not None and peer.levels and ours.levels:
         lines += ["ours / llama.cpp per level (tok/s and req/s: higher is better for ours; TTFT, ITL: lower):",
                   "", cpu_line(), "", *_peer_table(ours, peer), ""]  # fmt: skip
-    elif peer is not None:
-        lines += [f"llama.cpp: {peer.note or 'no level measured'}", ""]
     lines += [*_targets(ours, slots), ""]
     for target in targets:
         for lv in target.levels:
@@ -626,6 +628,12 @@ def run_serve_bench(
     if prompt_tokens:
         tokens_note = (f"{prompt_tokens[0]}..{prompt_tokens[-1]} prompt tokens with the chat template, median "
                        f"{percentile(prompt_tokens, 50):.0f}")  # fmt: skip
+    per_chunk = []
+    for target in targets:
+        done = [r for lv in target.levels for r in lv.ok]
+        if done:
+            ratio = sum(r.output_tokens for r in done) / max(1, sum(r.chunks for r in done))
+            per_chunk.append(f"{target.name} {ratio:.2f}")
     counts = ", ".join(f"{c}: {level_requests(c, requests)}" for c in concurrency)
     keep_logs = any(t.note.startswith("failed") or any(lv.failed for lv in t.levels) for t in targets)
     if not keep_logs:
@@ -639,7 +647,8 @@ def run_serve_bench(
         f"min_tokens); requests per level (streams: requests) {counts}; a warm-up before the levels, not counted",
         "columns: failed = HTTP error, error event, broken stream or timeout; short = ended with fewer than "
         "max_tokens tokens; req/s and out tok/s over the level's wall time; TTFT = send -> first content chunk; "
-        "ITL = gap between content chunks, over all requests; p99 by linear interpolation",
+        "ITL = gap between content chunks, over all requests; p99 by linear interpolation; output tokens per "
+        f"content chunk: {', '.join(per_chunk) or 'n/a'}",
         f"qeff serve: `{' '.join(command[3:])}` ({'all' if not threads else threads} threads; prefix caching on)",
     ]
     if peer is not None:

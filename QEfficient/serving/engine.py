@@ -86,8 +86,11 @@ class RequestStream:
         self.finished = False
 
     def put(self, output: RequestOutput) -> None:
-        """From the engine thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+        """From the engine thread. Nothing happens if the event loop is closed (the server is gone)."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+        except RuntimeError:
+            pass
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
         while not self.finished:
@@ -202,6 +205,12 @@ class ServingEngine:
                 f"The prompt has {prompt} tokens and max_tokens is {request.max_tokens}: together "
                 f"{prompt + request.max_tokens}, more than the context of {self.ctx_len} tokens. Shorten the prompt "
                 f"or lower max_tokens to at most {self.ctx_len - prompt}."
+            )
+        if self.generator.single_chunk_prefill and prompt > self.generator.prefill_seq_len:
+            raise ValueError(
+                f"The prompt has {prompt} tokens but this model prefills a prompt in one chunk of "
+                f"{self.generator.prefill_seq_len} (its recurrent state starts from zero): shorten the prompt or "
+                "serve with a larger --prompt-len."
             )
         request.request_id = request.request_id or f"req-{next(self._ids)}"
         stream = RequestStream(request.request_id, asyncio.get_running_loop())

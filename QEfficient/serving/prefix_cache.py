@@ -13,8 +13,10 @@ whole prefill chunks (blocks of `block` tokens, as vLLM counts it in KV blocks),
 multiple of the chunk length and fits the cache whole, and at least the prompt's last token is always prefilled
 (its logits give the first new token).
 
-Correct for caches whose slot p holds position p in every layer (no sliding window smaller than the context, no
-recurrent state): `supports_prefix_caching` checks that on the program.
+Correct for caches whose slot p holds position p in every layer, as QEfficient's KV caches do (a sliding-window
+layer keeps every slot too; its window is a mask): `supports_prefix_caching` checks that on the program. Recurrent
+state (state-space and linear-attention layers) sums up the whole sequence and cannot be cut at a prefix: models
+with it prefill every prompt whole.
 """
 
 from __future__ import annotations
