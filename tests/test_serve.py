@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 
 import httpx
@@ -16,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from QEfficient import QEFFAutoModel, QEFFAutoModelForCausalLM
+from QEfficient.serving.process import ServerProcess, free_port
 from QEfficient.utils.default_models import default_causal_lm
-from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,13 +32,18 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "
 
 
 @pytest.fixture(scope="module")
-def server(qeff_home):  # noqa: ANN001, ANN201 - the ServeProcess
-    process = ServeProcess(
-        "--ctx-len", str(CTX_LEN), "--slots", str(SLOTS), "--max-queued", str(MAX_QUEUED),
-        "--max-streams", str(MAX_STREAMS), "--max-body-bytes", "65536", "--api-key", KEY, "--embedding-model",
-    )  # fmt: skip
-    yield process
-    process.stop()
+def server(qeff_home, tmp_path_factory):  # noqa: ANN001, ANN201 - the ServerProcess
+    port = free_port()
+    command = [sys.executable, "-m", "QEfficient.cli.main", "serve", "--port", str(port), "--ctx-len", str(CTX_LEN),
+               "--slots", str(SLOTS), "--max-queued", str(MAX_QUEUED), "--max-streams", str(MAX_STREAMS),
+               "--max-body-bytes", "65536", "--api-key", KEY, "--embedding-model"]  # fmt: skip
+    process = ServerProcess("qeff serve", command, tmp_path_factory.mktemp("serve") / "qeff-serve.log")
+    process.url = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_ready(f"{process.url}/health", 600)
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +100,11 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
 def test_health_before_and_after_load(server) -> None:
     assert server.health_codes[0] == 503 and server.health_codes[-1] == 200
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no API key needed
-    ready = next(line for line in server.lines if line.startswith("Serving"))
+    lines = server.output().splitlines()
+    ready = next(line for line in lines if line.startswith("Serving"))
     assert f"{server.url}/v1" in ready and MODEL in ready
-    assert any(line.startswith("Try: curl") and "/v1/chat/completions" in line for line in server.lines)
+    assert any(line.startswith("Try: curl") and "/v1/chat/completions" in line for line in lines)
+    assert not any("it/s]" in line for line in lines)  # no third-party progress bars
 
 
 def test_models(client) -> None:

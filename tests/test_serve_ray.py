@@ -9,50 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+import openai
+import psutil
 import pytest
 
-pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'qefficient[ray]'")
-openai = pytest.importorskip("openai")
-psutil = pytest.importorskip("psutil")
+from QEfficient.serving.process import ServerProcess, free_port
 
 STARTUP_S = 300  # the first replica converts the GGUF and compiles; the second then loads from the cache
 PROMPTS = ("What is the capital of France?", "Name three primary colors.")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _health(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"qeff serve --ray exited with {proc.returncode} before /health answered:\n{log.read_text()}")
-        if _health(port) == 200:
-            return
-        time.sleep(1.0)
-    pytest.fail(f"/health did not answer 200 within {STARTUP_S} s:\n{log.read_text()}")
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> tuple[int | None, list]:
@@ -98,16 +67,15 @@ def test_ray_serve_two_replicas(qeff_home: Path, tmp_path: Path) -> None:
     """`qeff serve --ray --replicas 2`: both replicas answer, identically; Ctrl-C ends Serve and Ray cleanly."""
     from QEfficient.cli.serve import ready_message
 
-    port = _free_port()
-    log = tmp_path / "qeff-serve-ray.log"
+    port = free_port()
     env = {**os.environ, "QEFF_HOME": str(qeff_home), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)  # a private local Ray instance, never a cluster someone runs on this machine
     command = [sys.executable, "-m", "QEfficient.cli.main", "serve", "--ray", "--replicas", "2", "--threads", "1",
                "--slots", "2", "--ctx-len", "256", "--port", str(port)]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess("qeff serve --ray", command, tmp_path / "qeff-serve-ray.log", env)
+    proc = server.process
     try:
-        _wait_healthy(proc, port, log)
+        server.wait_ready(f"http://127.0.0.1:{port}/health", STARTUP_S)
         answers: list[tuple[str, str, str]] = []
         for _ in range(3):  # Ray routes to the replica with the shorter queue: a round of 8 normally uses both
             model, round_answers = asyncio.run(_chat_round(port))
@@ -123,7 +91,7 @@ def test_ray_serve_two_replicas(qeff_home: Path, tmp_path: Path) -> None:
             assert len(seen) == 1 and next(iter(seen)), f"{prompt!r} got different (or empty) answers: {seen}"
 
         code, leftovers = _stop(proc, timeout=90)
-        output = log.read_text()
+        output = server.output()
         assert code == 0, f"qeff serve --ray did not end cleanly on Ctrl-C ({code}):\n{output}"
         assert not leftovers, f"Ray processes outlived the server: {leftovers}"
         assert ready_message(f"http://127.0.0.1:{port}", model, None) in output, output
@@ -131,3 +99,4 @@ def test_ray_serve_two_replicas(qeff_home: Path, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             _stop(proc, timeout=30)
+        server.log.close()

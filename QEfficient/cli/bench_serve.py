@@ -15,8 +15,9 @@ The workload, the same for every server and deterministic:
   (its default is 1.1; `qeff serve` has none).
 - request count per level: `requests` is the count at the 8-stream level (the targets' level); level N sends
   ceil(requests * N / 8) requests, at least 2N and at most `requests` (500 -> 1: 63, 4: 250, 8: 500, 16: 500).
-  The default, 200 (1: 25, 4: 100, 8: 200, 16: 200), keeps a run of `qeff serve` alone within about 10 minutes on
-  2 busy cores; the failure target needs 500 (`--requests 500`).
+  The default, 200 (1: 25, 4: 100, 8: 200, 16: 200), asks for 525 completions, 33,600 output tokens with 64 each:
+  under 10 minutes for `qeff serve` alone once it makes about 60 tokens/s on average over the levels (2 quiet
+  cores); the failure target needs 500 (`--requests 500`: 1,313 completions).
 
 Per request: TTFT (send -> first chunk with content), inter-token latencies (between chunks with content), output
 tokens (`usage.completion_tokens` of the last chunk, asked for with `stream_options: {"include_usage": true}`; a
@@ -49,7 +50,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from QEfficient.cli.bench import _cpu_name
+from QEfficient.serving.process import ServerProcess, free_port
 
 DEFAULT_CONCURRENCY = (1, 4, 8, 16)
 DEFAULT_REQUESTS = 200  # at the 8-stream level; the targets' run uses 500
@@ -291,62 +292,6 @@ def run_level(
 
 
 # ---- servers -----------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """A server subprocess in its own process group, logging to a file; `stop` ends the group."""
-
-    def __init__(self, name: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.name, self.command, self.log_path = name, command, log_path
-        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_ready(self, url: str, timeout_s: float) -> None:
-        """Poll `url` until it answers 200; raise if the process exits or `timeout_s` passes."""
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with code {self.process.returncode} before it was ready; the end of its log "
-                    f"({self.log_path}):\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(url, timeout=5.0, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} was not ready within {timeout_s:.0f} s; its log ({self.log_path}):\n"
-                           f"{self.log_tail()}")  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=20)
-            except ProcessLookupError:
-                pass
-        self.log.close()
 
 
 def peers_dir() -> Path:

@@ -295,6 +295,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.serve:
+        from QEfficient.cli.bench_serve import serve_bench_from_args
+
+        print(serve_bench_from_args(args))
+        return 0
     from QEfficient.cli.bench import run_generation_bench
 
     print(
@@ -316,6 +321,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from QEfficient import __version__
     from QEfficient.cli.bench import QEFF_WEIGHTS
+    from QEfficient.cli.bench_serve import add_serve_bench_args
     from QEfficient.cli.serve import add_serve_args, cmd_serve
     from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
 
@@ -355,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
     p.add_argument("--threads", type=int, help="threads per engine (default: all cores)")
+    p.add_argument("--serve", action="store_true", help="load-test qeff serve instead (docs/serving.md)")
+    add_serve_bench_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -7,7 +7,10 @@ file's identity, built atomically, verified before reuse.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,24 @@ logger = logging.getLogger(__name__)
 
 # Config entries that describe the GGUF source rather than the model.
 _SOURCE_KEYS = ("quantization_config", "_name_or_path", "transformers_version")
+
+
+@contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars while a GGUF converts: its own (behind `disable_progress_bar`) and the bar of
+    its GGUF reader, a plain tqdm that no switch of transformers reaches. Our callers show their own progress."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging as hf_logging
+
+    shown, reader_bar = hf_logging.is_progress_bar_enabled(), gguf_reader.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_reader.tqdm = functools.partial(reader_bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_reader.tqdm = reader_bar
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def gguf_folder(folder: str | Path, gguf_file: str, auto_class: Any) -> Path:
@@ -36,7 +57,8 @@ def gguf_folder(folder: str | Path, gguf_file: str, auto_class: Any) -> Path:
 
     def build(tmp: Path) -> dict[str, Any]:
         try:
-            model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            with _quiet_progress_bars():
+                model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         except ImportError as exc:
             raise ImportError(f"Reading GGUF needs extra packages: pip install 'qefficient[gguf]' ({exc}).") from exc
         # A GGUF-loaded model is marked quantised and refuses to save: rebuild it plainly from its config.
