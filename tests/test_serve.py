@@ -319,6 +319,7 @@ def test_bad_requests_get_openai_errors(server, client) -> None:
     assert_error(raw(server, "POST", "/v1/chat/completions", content=b"{not json"), 400, "not valid JSON")
     assert_error(raw(server, "POST", "/v1/chat/completions", json={"messages": []}), 400, "messages")
     assert_error(raw(server, "POST", "/v1/completions", json={"prompt": "x", "frobnicate": 1}), 400, "frobnicate")
+    assert_error(raw(server, "POST", "/v1/completions", json={"prompt": [1, 10**9]}), 400, "out of range")
     big = {"prompt": "x" * 70000}
     assert_error(raw(server, "POST", "/v1/completions", json=big), 413, "65536")
     assert_error(raw(server, "GET", "/v1/nothing"), 404)

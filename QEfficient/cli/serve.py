@@ -18,7 +18,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--requantize", action="store_true", help="quantise a GGUF's weights again instead of keeping its grids")
     add("--slots", type=int, default=8, help="cache rows: requests decoded together (default 8)")
     add("--ctx-len", type=int, default=1024, help="context length of one request: prompt + completion (default 1024)")
-    add("--prompt-len", type=int, default=32, help="prefill chunk length (default 32)")
+    add("--prompt-len", type=int, default=ServeConfig.prefill_seq_len, help="prefill chunk length (default 64)")
     add(
         "--embedding-model",
         nargs="?",

@@ -206,6 +206,10 @@ def build_app(
             ids = models.engine.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
             if not ids:
                 raise APIError(400, "A prompt is empty; every prompt needs at least one token.", param="prompt")
+            if not all(0 <= t < models.vocab_size for t in ids):
+                bad = next(t for t in ids if not 0 <= t < models.vocab_size)
+                raise APIError(400, f"Token id {bad} is out of range: this model's vocabulary has ids 0 to "
+                                    f"{models.vocab_size - 1}.", param="prompt")  # fmt: skip
             prompts.append(ids)
         if not prompts:
             raise APIError(400, "prompt is an empty list; send at least one prompt.", param="prompt")
@@ -309,27 +313,13 @@ def _engine_requests(models: ServedModels, body: _Sampling, prompts: list[list[i
     engine = models.engine
     limit = body.token_limit()
     name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
-    if limit is not None and limit < 1:
-        raise APIError(400, f"{name} must be at least 1; got {limit}.", param=name)
     temperature = 1.0 if body.temperature is None else body.temperature
     requests = []
     for p, prompt in enumerate(prompts):
-        if len(prompt) >= engine.ctx_len:
-            raise APIError(
-                400,
-                f"The prompt has {len(prompt)} tokens; the context is {engine.ctx_len} tokens, which must also hold "
-                "at least one new token. Shorten the prompt (or serve with a larger --ctx-len).",
-                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            )
-        max_tokens = limit if limit is not None else engine.ctx_len - len(prompt)
-        if len(prompt) + max_tokens > engine.ctx_len:
-            raise APIError(
-                400,
-                f"The prompt has {len(prompt)} tokens and {name} is {max_tokens}: {len(prompt) + max_tokens} in all, "
-                f"more than the context of {engine.ctx_len} tokens. Lower {name} to at most "
-                f"{engine.ctx_len - len(prompt)} or shorten the prompt.",
-                param=name,
-            )
+        try:
+            max_tokens = engine.check(len(prompt), limit, name)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param=name) from exc
         for c in range(body.n):
             seed = None if body.seed is None else body.seed + c
             sampling = (

@@ -191,27 +191,40 @@ class ServingEngine:
     def queue_depth(self) -> int:
         return len(self._waiting)
 
+    def check(self, prompt_tokens: int, max_tokens: int | None, limit_name: str = "max_tokens") -> int:
+        """The number of new tokens a request of `prompt_tokens` may ask for: `max_tokens`, or the rest of the context
+        when it is None. A `ValueError` that names the numbers (and `limit_name`, the client's word for the limit)
+        when the request cannot be served."""
+        if prompt_tokens < 1:
+            raise ValueError("The prompt has no tokens.")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"{limit_name} must be at least 1; got {max_tokens}.")
+        if prompt_tokens >= self.ctx_len:
+            raise ValueError(
+                f"The prompt has {prompt_tokens} tokens; the context is {self.ctx_len} tokens, which must also hold at "
+                "least one new token. Shorten the prompt (or serve with a larger --ctx-len)."
+            )
+        if max_tokens is not None and prompt_tokens + max_tokens > self.ctx_len:
+            raise ValueError(
+                f"The prompt has {prompt_tokens} tokens and {limit_name} is {max_tokens}: {prompt_tokens + max_tokens} "
+                f"in all, more than the context of {self.ctx_len} tokens. Lower {limit_name} to at most "
+                f"{self.ctx_len - prompt_tokens} or shorten the prompt."
+            )
+        if self.generator.single_chunk_prefill and prompt_tokens > self.generator.prefill_seq_len:
+            raise ValueError(
+                f"The prompt has {prompt_tokens} tokens but this model prefills a prompt in one chunk of "
+                f"{self.generator.prefill_seq_len} (its recurrent state starts from zero): shorten the prompt or "
+                "serve with a larger --prompt-len."
+            )
+        return self.ctx_len - prompt_tokens if max_tokens is None else max_tokens
+
     def submit(self, request: EngineRequest) -> RequestStream:
         """Queue a request; its outputs come through the returned stream (iterate it in the calling event loop).
 
         Raises `QueueFull` when `max_queued` requests are already waiting, `EngineStopped` when the engine is not
-        running, `ValueError` when the request cannot fit the context.
+        running, `ValueError` when the request cannot be served (`check`).
         """
-        prompt = len(request.prompt_ids)
-        if not prompt:
-            raise ValueError("The prompt has no tokens.")
-        if prompt + request.max_tokens > self.ctx_len:
-            raise ValueError(
-                f"The prompt has {prompt} tokens and max_tokens is {request.max_tokens}: together "
-                f"{prompt + request.max_tokens}, more than the context of {self.ctx_len} tokens. Shorten the prompt "
-                f"or lower max_tokens to at most {self.ctx_len - prompt}."
-            )
-        if self.generator.single_chunk_prefill and prompt > self.generator.prefill_seq_len:
-            raise ValueError(
-                f"The prompt has {prompt} tokens but this model prefills a prompt in one chunk of "
-                f"{self.generator.prefill_seq_len} (its recurrent state starts from zero): shorten the prompt or "
-                "serve with a larger --prompt-len."
-            )
+        self.check(len(request.prompt_ids), request.max_tokens)
         request.request_id = request.request_id or f"req-{next(self._ids)}"
         stream = RequestStream(request.request_id, asyncio.get_running_loop())
         sequence = _Sequence(

