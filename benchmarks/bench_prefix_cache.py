@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="requests per run after the first (default 20)")
     parser.add_argument("--system-words", type=int, default=400, help="words of the shared system prompt")
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--prompt-len", type=int, default=32, help="prefill chunk length (qeff serve --prompt-len)")
+    parser.add_argument("--prompt-len", type=int, default=64, help="prefill chunk length (qeff serve --prompt-len)")
     args = parser.parse_args()
     print(run(args.model, args.requests, args.system_words, args.max_tokens, args.prompt_len))
 

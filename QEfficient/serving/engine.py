@@ -152,7 +152,9 @@ class ServingEngine:
         self.prefix_caching = prefix_caching and supports_prefix_caching(
             program, generator.ctx_len, generator.left_padding
         )
-        self.prefix_cache = PrefixCache(self.rows, generator.prefill_seq_len, enabled=self.prefix_caching)
+        self.prefix_cache = PrefixCache(
+            self.rows, generator.prefill_seq_len, generator.ctx_len, enabled=self.prefix_caching
+        )
         self.state = program.new_state({"batch_size": self.rows, "seq_len": 1, "full_batch_size": self.rows})
         self._lock = threading.Condition()
         self._waiting: deque[_Sequence] = deque()

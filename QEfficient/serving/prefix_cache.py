@@ -8,10 +8,10 @@ whose prompt begins with tokens some row already holds needs to prefill only the
 - if it is running another request, the prefix's KV is copied into a free row (a copy of a few slots per layer,
   far cheaper than running the model over them).
 
-Otherwise the request takes the least recently used free row, evicting what that row held. Reuse is counted in
-whole prefill chunks (blocks of `block` tokens, as vLLM counts it in KV blocks), so every prefill chunk starts at a
-multiple of the chunk length and fits the cache whole, and at least the prompt's last token is always prefilled
-(its logits give the first new token).
+Otherwise the request takes the least recently used free row, evicting what that row held. Reuse goes to the token,
+except that the prompt's last token is always prefilled (its logits give the first new token), and that where the
+prefill chunks from there would run past the cache (fused attention runs a chunk whole), it is rounded down to whole
+chunks, whose prefill then ends within the context.
 
 Correct for caches whose slot p holds position p in every layer, as QEfficient's KV caches do (a sliding-window
 layer keeps every slot too; its window is a mask): `supports_prefix_caching` checks that on the program. Recurrent
@@ -50,32 +50,35 @@ class Placement:
 class PrefixCache:
     """The tokens whose KV each cache row holds, and the choice of a row for a new request."""
 
-    def __init__(self, rows: int, block: int, enabled: bool = True) -> None:
-        self.block = block
+    def __init__(self, rows: int, chunk: int, ctx_len: int, enabled: bool = True) -> None:
+        self.chunk, self.ctx_len = chunk, ctx_len
         self.enabled = enabled
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self._clock = itertools.count(1)
         self.last_used = [0] * rows
 
     def place(self, prompt: list[int], free: list[int]) -> Placement:
-        """Choose one of the `free` rows for `prompt`, and the prefix it reuses (whole blocks, never the last
-        token)."""
+        """Choose one of the `free` rows for `prompt`, and the prefix it reuses (never the last token)."""
         best_row, best = -1, 0
         if self.enabled:
             prompt_array = np.asarray(prompt[:-1])
             for row, held in enumerate(self.tokens):
                 n = min(len(held), len(prompt_array))
-                if n < self.block:
+                if not n:
                     continue
                 differ = np.flatnonzero(prompt_array[:n] != np.asarray(held[:n]))
-                common = int(differ[0]) if differ.size else n
-                common -= common % self.block
+                common = self._fitting(int(differ[0]) if differ.size else n, len(prompt))
                 if common > best or (common == best and common and row in free):
                     best_row, best = row, common
         if best and best_row in free:
             return self._take(Placement(best_row, best))
-        row = min(free, key=lambda r: self.last_used[r])  # least recently used
+        row = min(free, key=lambda r: (self.last_used[r], len(self.tokens[r])))  # least recently used, else emptiest
         return self._take(Placement(row, best, best_row if best else None))
+
+    def _fitting(self, reused: int, prompt_tokens: int) -> int:
+        """`reused`, or whole chunks of it where the prefill chunks after it would run past the cache."""
+        chunks = -(-(prompt_tokens - reused) // self.chunk)
+        return reused if reused + chunks * self.chunk <= self.ctx_len else reused - reused % self.chunk
 
     def _take(self, placement: Placement) -> Placement:
         if placement.copy_from is None:
