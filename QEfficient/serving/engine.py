@@ -189,10 +189,6 @@ class ServingEngine:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
-    @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
-
     def check(self, prompt_tokens: int, max_tokens: int | None, limit_name: str = "max_tokens") -> int:
         """The number of new tokens a request of `prompt_tokens` may ask for: `max_tokens`, or the rest of the context
         when it is None. A `ValueError` that names the numbers (and `limit_name`, the client's word for the limit)
