@@ -80,6 +80,18 @@ def metrics(server) -> dict[str, float]:  # noqa: ANN001
     return values
 
 
+def idle(server) -> dict[str, float]:  # noqa: ANN001
+    """The metrics once no request runs or waits (requests of earlier tests, cancelled by closing their connections,
+    end when the server notices the disconnect); bounded."""
+    deadline = time.monotonic() + 30
+    values = metrics(server)
+    while (values["qeff_running_requests"] or values["qeff_queue_depth"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        values = metrics(server)
+    assert values["qeff_running_requests"] == 0 and values["qeff_queue_depth"] == 0
+    return values
+
+
 def raw(server, method: str, path: str, **kwargs) -> httpx.Response:  # noqa: ANN001, ANN003
     headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
     return httpx.request(method, f"{server.url}{path}", headers=headers, timeout=60, **kwargs)
@@ -247,7 +259,7 @@ def test_embeddings_equal_encode(client, server, minilm_path) -> None:
 
 
 def test_cancelled_stream_frees_its_row(server, client, reference) -> None:
-    before = metrics(server)
+    before = idle(server)
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                       json={"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200,
                             "temperature": 0, "ignore_eos": True, "stream": True}, timeout=60) as response:  # fmt: skip
@@ -327,7 +339,7 @@ def test_bad_requests_get_openai_errors(server, client) -> None:
 
 
 def test_metrics_move(server, client) -> None:
-    before = metrics(server)
+    before = idle(server)
     chat(client, QUESTIONS[2], 8)
     after = metrics(server)
     ok = "qeff_requests_total{route=/v1/chat/completions,status=200}"
