@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from QEfficient.generation.sampling import SamplingParams
 from QEfficient.generation.text_generation import chat_token_ids
@@ -423,19 +424,22 @@ async def _generate(
     head = {"id": base_id, "object": "chat.completion" if chat else "text_completion", "created": created,
             "model": models.name}  # fmt: skip
 
+    finals: list[RequestOutput | None] = [None] * len(streams)
+
     def abort_all() -> None:
         for request_id in ids:
             models.engine.abort(request_id)
 
     if body.stream:
+        guard = _OpenStream(state, finals, abort_all)  # counted now: no await since the limit was checked
         return StreamingResponse(
-            _event_stream(state, streams, head, chat, body.include_usage(), len(prompts), abort_all),
+            _event_stream(streams, finals, head, chat, body.include_usage(), len(prompts), guard),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(guard.close),
         )
 
     texts = [""] * len(streams)
-    finals: list[RequestOutput | None] = [None] * len(streams)
 
     async def collect() -> None:
         async for index, output in _merged(streams):
@@ -472,20 +476,42 @@ async def _generate(
     return JSONResponse({**head, "choices": choices, "usage": _usage(finals, len(prompts))})
 
 
+class _OpenStream:
+    """One open streaming response: counted against --max-streams until `close`, which also frees the rows of the
+    choices that did not finish. A response can end in several ways (its generator finishes or is cancelled, the
+    client leaves before its first byte): each calls `close`, which acts once; dropping the object closes it too."""
+
+    def __init__(self, state: ServerState, finals: list[RequestOutput | None], abort: Callable[[], None]) -> None:
+        self.state, self.finals, self.abort = state, finals, abort
+        self.open = True
+        state.streams += 1
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.state.streams -= 1
+            if any(f is None for f in self.finals):
+                self.abort()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 async def _event_stream(
-    state: ServerState,
     streams: list[RequestStream],
+    finals: list[RequestOutput | None],
     head: dict[str, Any],
     chat: bool,
     include_usage: bool,
     prompts: int,
-    abort_all: Callable[[], None],
+    guard: _OpenStream,
 ) -> AsyncIterator[str]:
-    """Server-sent events: a chunk per new piece of text per choice, the finish reason, usage if asked, [DONE].
+    """Server-sent events: a chunk per new piece of text per choice, the finish reason, usage if asked, [DONE]. Each
+    choice's last output goes into `finals`.
 
-    Closing the connection cancels this generator: the engine then frees the rows at its next step."""
+    Closing the connection ends this generator (cancelled, or closed when the next chunk cannot be sent): `guard`
+    then frees the rows at the engine's next step."""
     head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-    finals: list[RequestOutput | None] = [None] * len(streams)
 
     def chunk(index: int, text: str | None, finish_reason: str | None, role: bool = False) -> str:
         if chat:
@@ -497,7 +523,6 @@ async def _event_stream(
             choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
         return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
 
-    state.streams += 1
     try:
         if chat:
             for index in range(len(streams)):
@@ -517,6 +542,4 @@ async def _event_stream(
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        state.streams -= 1
-        if any(f is None for f in finals):  # cancelled, or ended early: free the rows still held
-            abort_all()
+        guard.close()
