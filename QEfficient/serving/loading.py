@@ -38,6 +38,15 @@ class ServeConfig:
     threads: int | None = None  # ONNX Runtime threads per program (`$QEFF_NUM_THREADS`; default: all cores)
 
 
+def weight_options(weights: str, block_size: int = 32, exact_grids: bool = True) -> dict[str, Any]:
+    """`compile()`'s options for a weight precision (none for fp32), as `qeff infer` and `qeff serve` take it."""
+    if weights == "fp32":
+        if not exact_grids:
+            raise ValueError("--requantize applies to quantised weights: add --weights int4 (or int8).")
+        return {}
+    return {"weights": weights, "block_size": block_size, "exact_grids": exact_grids}
+
+
 def model_name(path: str) -> str:
     """The name a model is served under: its GGUF file's or folder's name (`SmolLM2-135M-Instruct`)."""
     p = Path(path)
@@ -109,9 +118,7 @@ def load_models(config: ServeConfig, metrics: ServingMetrics) -> ServedModels:
         os.environ["QEFF_NUM_THREADS"] = str(config.threads)
     path = config.model or str(default_causal_lm())
     model = QEFFAutoModelForCausalLM.from_pretrained(path, continuous_batching=True)
-    weights = {} if config.weights == "fp32" else {"weights": config.weights, "block_size": config.block_size}
-    if weights:
-        weights["exact_grids"] = config.exact_grids
+    weights = weight_options(config.weights, config.block_size, config.exact_grids)
     model.compile(
         prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, full_batch_size=config.slots, **weights
     )
