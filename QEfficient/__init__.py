@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "QEFFBaseModel": "QEfficient.base.modeling_qeff",
-    "QEFFAutoModel": "QEfficient.transformers.models.modeling_auto",
-    "QEFFAutoModelForCausalLM": "QEfficient.transformers.models.modeling_auto",
-    "QEFFAutoModelForSequenceClassification": "QEfficient.transformers.models.modeling_auto",
+    "QEFFAutoModel": "QEfficient.transformers.models.encoders",
+    "QEFFAutoModelForCausalLM": "QEfficient.transformers.models.causal_lm",
+    "QEFFAutoModelForSequenceClassification": "QEfficient.transformers.models.encoders",
     "QEFFTransformersBase": "QEfficient.transformers.models.modeling_auto",
     "validate": "QEfficient.validation",
 }

@@ -209,7 +209,7 @@ def validate_causal_lm(
     that raises is recorded
     as failed, with the first line of the error, and the later stages are not run.
     """
-    from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
+    from QEfficient.transformers.models.causal_lm import QEFFAutoModelForCausalLM
 
     if not isinstance(model, QEFFAutoModelForCausalLM):
         model = QEFFAutoModelForCausalLM.from_pretrained(model, **from_pretrained_kwargs)

@@ -71,8 +71,8 @@ def _declared_fields(model_type: str) -> set[str]:
 
 def check_causal_lm(model_type: str) -> SweepRow:
     """HF `generate` == transformed PyTorch == ONNX Runtime == compiled program, exact greedy tokens."""
+    from QEfficient.transformers.models.causal_lm import QEFFAutoModelForCausalLM
     from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError
-    from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForCausalLM
     from QEfficient.validation import _hf_greedy, validate_causal_lm
 
     row = SweepRow("causal-lm", model_type, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])

@@ -156,7 +156,7 @@ def _valid(values: np.ndarray, mask: torch.Tensor) -> np.ndarray:
 def check_encoder(model_type: str) -> SweepRow:
     """`AutoModel` tiny: HF last_hidden_state mean-pooled in PyTorch == `QEFFAutoModel(pooling="mean")` at
     every stage (transformed PyTorch, ONNX Runtime, compiled program), within 1e-5."""
-    from QEfficient.transformers.models.modeling_auto import QEFFAutoModel
+    from QEfficient.transformers.models.encoders import QEFFAutoModel
 
     return _check(
         "encoder",
@@ -171,7 +171,7 @@ def check_encoder(model_type: str) -> SweepRow:
 def check_sequence_classification(model_type: str) -> SweepRow:
     """`AutoModelForSequenceClassification` tiny: HF logits on a right-padded batch ==
     `QEFFAutoModelForSequenceClassification` at every stage, within 1e-5."""
-    from QEfficient.transformers.models.modeling_auto import QEFFAutoModelForSequenceClassification
+    from QEfficient.transformers.models.encoders import QEFFAutoModelForSequenceClassification
 
     return _check(
         "sequence-classification",
