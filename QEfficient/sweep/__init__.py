@@ -1,14 +1,22 @@
 """The architecture sweep (`qeff sweep`): every architecture in transformers' auto mappings, tiny, against HF.
 
 - `tiny_configs`: a tiny config for any model type, scaled from the config class's defaults;
-- `checks`, `checks_encoders`: one check per task (causal-lm, encoder, sequence-classification);
+- `checks`, `checks_encoders`, `checks_speech`, `checks_ctc`, `checks_image_text`: one check per task;
 - `runner`: isolated worker processes with a timeout per check;
 - `report`: `docs/supported_models.json` and the markdown rendered from it.
 """
 
 from __future__ import annotations
 
-TASKS = ("causal-lm", "encoder", "sequence-classification")
+TASKS = ("causal-lm", "encoder", "sequence-classification", "speech-seq2seq", "ctc", "image-text-to-text")
+
+# transformers' auto mapping behind each task that sweeps a whole mapping.
+TASK_MAPPINGS = {
+    "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "speech-seq2seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
+    "image-text-to-text": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+}
 
 # The fixed slice the test suite runs (the full sweep is one command: `qeff sweep`): the reference families,
 # plus one architecture for each generic mechanism and for the adapter.
@@ -32,15 +40,18 @@ CI_SLICE: dict[str, tuple[str, ...]] = {
     ),
     "encoder": ("bert", "convbert", "deberta-v2", "mobilebert", "modernbert", "roberta"),
     "sequence-classification": ("bert", "deepseek_v2", "gpt2", "llama", "qwen2", "qwen3_moe"),
+    "speech-seq2seq": ("whisper",),
+    "ctc": ("wav2vec2", "hubert"),
+    "image-text-to-text": ("llava", "llava_next", "mistral3", "gemma3", "qwen2_5_vl", "internvl", "llama4", "mllama"),
 }
 
 
 def task_types(task: str) -> list[str]:
     """Every model type the sweep checks for `task`."""
-    if task == "causal-lm":
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if task in TASK_MAPPINGS:
+        from transformers.models.auto import modeling_auto
 
-        return list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        return list(getattr(modeling_auto, TASK_MAPPINGS[task]))
     from QEfficient.sweep import checks_encoders
 
     if task == "encoder":

@@ -109,8 +109,29 @@ def check_causal_lm(model_type: str) -> SweepRow:
     return row
 
 
+def check_speech_seq2seq(model_type: str) -> SweepRow:
+    from QEfficient.sweep.checks_speech import check_speech_seq2seq
+
+    return check_speech_seq2seq(model_type)
+
+
+def check_ctc(model_type: str) -> SweepRow:
+    from QEfficient.sweep.checks_ctc import check_ctc
+
+    return check_ctc(model_type)
+
+
+def check_image_text_to_text(model_type: str) -> SweepRow:
+    from QEfficient.sweep.checks_image_text import check_image_text_to_text
+
+    return check_image_text_to_text(model_type)
+
+
 CHECKS = {
     "causal-lm": check_causal_lm,
     "encoder": check_encoder,
     "sequence-classification": check_sequence_classification,
+    "speech-seq2seq": check_speech_seq2seq,
+    "ctc": check_ctc,
+    "image-text-to-text": check_image_text_to_text,
 }

@@ -17,6 +17,9 @@ TASK_TITLES = {
     "causal-lm": "Causal LMs (`QEFFAutoModelForCausalLM`)",
     "encoder": "Encoders (`QEFFAutoModel`)",
     "sequence-classification": "Sequence classification (`QEFFAutoModelForSequenceClassification`)",
+    "speech-seq2seq": "Speech to text (`QEFFAutoModelForSpeechSeq2Seq`)",
+    "ctc": "CTC speech recognition (`QEFFAutoModelForCTC`)",
+    "image-text-to-text": "Vision-language (`QEFFAutoModelForImageTextToText`)",
 }
 TASK_CHECKS = {
     "causal-lm": "HF `generate` = transformed PyTorch = ONNX Runtime = compiled program, exact greedy tokens "
@@ -27,6 +30,10 @@ TASK_CHECKS = {
     "for longer buckets)",
     "sequence-classification": "logits vs HF, 1e-5 absolute, on a right-padded batch, compiled at the batch's "
     "padded length",
+    "speech-seq2seq": "HF `generate` = compiled encoder and decoder programs, exact greedy tokens",
+    "ctc": "logits vs HF, 1e-4 absolute, on clips of two lengths",
+    "image-text-to-text": "HF `generate` = compiled vision and language programs (and the single-program mode), "
+    "exact greedy tokens",
 }
 
 # The causal families the reference system validates (shared/reference/qefficient.md §6) -> model type.
