@@ -26,6 +26,7 @@ class PerfMetrics:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
     decode_tokens: int = 0
+    vision_s: float = 0.0  # a vision-language model's vision program (included in ttft_s and total_s)
 
     def __str__(self) -> str:
         return (

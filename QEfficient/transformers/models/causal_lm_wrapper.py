@@ -1,7 +1,7 @@
 """`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
 
-    (input_ids [B,S], position_ids [B,S], [batch_index [B,1]], past_key.0, past_value.0, [past_indexer_key.0],
-     [past_conv.0], [past_recurrent.0], ...)
+    (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [batch_index [B,1]], past_key.0, past_value.0,
+     [past_indexer_key.0], [past_conv.0], [past_recurrent.0], ...)
         -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
 It builds a `FixedCache` over the past buffers and the masks from `position_ids`, calls the HF model
@@ -9,6 +9,10 @@ through its own interfaces (`cache=`, `attention_mask=`, `position_ids=`), and c
 each row's last valid position (a pre-hook on the output embedding gathers that hidden state first).
 Layers with recurrent state (state-space, linear attention) keep it as `past_conv.{i}` / `past_recurrent.{i}`;
 such a model needs separate prefill and decode graphs (docs/recurrent_state.md).
+
+The language model of a vision-language model takes `image_embeds`: per token, the image feature that replaces the
+embedding of an image token (zeros elsewhere). The graph hands HF the features at the image-token positions as
+`mm_encoder_outputs`, so HF merges them into the input embeddings its own way (docs/image_text_to_text.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from transformers.cache_utils import (
     LinearAttentionCacheLayerMixin,
     get_layer_types_and_kwargs,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import (
@@ -246,11 +251,16 @@ def _indexer_dim(name: str, index: int, layer: object) -> int | None:
 class CausalLMForExport(nn.Module):
     """A HF causal LM behind the fixed-shape, retained-state KV-cache contract."""
 
-    def __init__(self, model: PreTrainedModel, continuous_batching: bool = False) -> None:
+    def __init__(
+        self, model: PreTrainedModel, continuous_batching: bool = False, image_token_id: int | None = None
+    ) -> None:
+        """`image_token_id`: the placeholder token of a vision-language model's images; the graph then takes
+        `image_embeds` (the features that replace those tokens' embeddings)."""
         super().__init__()
         self.model = model
         self.layout = probe_cache_layout(model)
         self.continuous_batching = continuous_batching
+        self.image_token_id = image_token_id
         # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
         # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
         self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
@@ -298,9 +308,15 @@ class CausalLMForExport(nn.Module):
             return self.forward(
                 ids,
                 torch.arange(6).unsqueeze(0),
+                *([torch.zeros(1, 6, self.image_embeds_dim)] if self.image_token_id is not None else []),
                 *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
                 *past,
             )[0]
+
+    @property
+    def image_embeds_dim(self) -> int:
+        """Width of `image_embeds`: the language model's hidden size (the features replace token embeddings)."""
+        return int(self.model.get_input_embeddings().weight.shape[1])
 
     @property
     def export_identity(self) -> dict:
@@ -312,6 +328,7 @@ class CausalLMForExport(nn.Module):
             "adapter": adapter,
             "layout": repr(self.layout),
             "prefill_continues": self.prefill_continues,
+            "image_token_id": self.image_token_id,
         }
 
     @property
@@ -331,7 +348,8 @@ class CausalLMForExport(nn.Module):
         return (torch.gather(hidden, 1, index), *args[1:])
 
     def input_names(self) -> list[str]:
-        names = ["input_ids", "position_ids"] + (["batch_index"] if self.continuous_batching else [])
+        names = ["input_ids", "position_ids"] + (["image_embeds"] if self.image_token_id is not None else [])
+        names += ["batch_index"] if self.continuous_batching else []
         return names + self.past_names()
 
     def past_names(self) -> list[str]:
@@ -397,8 +415,10 @@ class CausalLMForExport(nn.Module):
         return by_type
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
-        batch_index = rest[0] if self.continuous_batching else None
-        past = rest[1:] if self.continuous_batching else rest
+        rest = list(rest)
+        image_embeds = rest.pop(0) if self.image_token_id is not None else None
+        batch_index = rest.pop(0) if self.continuous_batching else None
+        past = tuple(rest)
         per_layer = self._per_layer(past)
         ctx_len = next((e.kv[0].shape[2] for e in per_layer if isinstance(e, LayerBuffers) and e.kv), None)
         # Recurrent layers: one token (decode), or a prefill chunk that continues, start from their input state.
@@ -406,6 +426,10 @@ class CausalLMForExport(nn.Module):
         cache = FixedCache(per_layer, position_ids, batch_index, previous_state)
         mask = self._masks(position_ids, ctx_len, past[0].dtype)
         self._last_index = position_ids.argmax(dim=1)
+        multimodal = {}
+        if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
+            features = image_embeds[input_ids == self.image_token_id].to(past[0].dtype)
+            multimodal["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features])}
         try:
             with self._implementations():
                 out = self.model(
@@ -414,6 +438,7 @@ class CausalLMForExport(nn.Module):
                     attention_mask=mask,
                     cache=cache,
                     use_cache=True,
+                    **multimodal,
                 )
         finally:
             self._last_index = None

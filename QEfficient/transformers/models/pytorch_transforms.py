@@ -38,12 +38,15 @@ class PoolingTransform(PytorchTransform):
 class KVCacheTransform(PytorchTransform):
     """Put a HF causal LM behind the fixed-size retained-state KV-cache contract (`CausalLMForExport`)."""
 
-    def __init__(self, continuous_batching: bool = False) -> None:
+    def __init__(self, continuous_batching: bool = False, image_token_id: int | None = None) -> None:
         self.continuous_batching = continuous_batching
+        self.image_token_id = image_token_id
 
     @property
     def name(self) -> str:
-        return f"KVCacheTransform(continuous_batching={self.continuous_batching})"
+        image = "" if self.image_token_id is None else f", image_token_id={self.image_token_id}"
+        return f"KVCacheTransform(continuous_batching={self.continuous_batching}{image})"
 
     def apply(self, model: nn.Module) -> tuple[nn.Module, bool]:  # type: ignore[override]
-        return CausalLMForExport(model, continuous_batching=self.continuous_batching), True
+        wrapper = CausalLMForExport(model, self.continuous_batching, self.image_token_id)
+        return wrapper, True

@@ -1,0 +1,512 @@
+"""Vision-language models: `QEFFAutoModelForImageTextToText` (docs/image_text_to_text.md).
+
+Two programs by default (`kv_offload=True`, as the reference system does):
+
+- the **vision encoder**: the processor's image inputs (`pixel_values`, and `image_sizes`, `image_grid_thw`, ... where
+  the model takes them) -> `image_features [N, H]`, HF's own `get_image_features` (vision tower and projector) with
+  its per-image outputs concatenated; a static graph for the compiled image geometry;
+- the **language model**: the causal-LM program of `QEFFAutoModelForCausalLM` (fixed-size retained KV cache, chunked
+  prefill, decode) with one more per-token input, `image_embeds [B, S, H]`: the image feature that replaces each
+  image token's embedding (zeros for the other tokens). The graph hands HF the features at its image-token
+  positions as `mm_encoder_outputs`, so HF merges them into the input embeddings exactly as its `generate` does.
+
+`kv_offload=False` puts both in one program: its prefill graph runs the vision encoder and the language model
+together (a prompt's image tokens then fit one prefill chunk), its decode graph is the language model alone.
+
+Any model whose HF class takes `mm_encoder_outputs` (81 of transformers' 100 image-text-to-text architectures)
+goes through the same code; nothing here is specific to one architecture.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForImageTextToText
+
+from QEfficient.base.modeling_qeff import SINGLE_GRAPH, QEFFBaseModel
+from QEfficient.base.pytorch_transforms import FloatTransform
+from QEfficient.transformers.loading import load_pretrained, prepare_for_export
+from QEfficient.transformers.models.causal_lm import QEFFAutoModelForCausalLM
+from QEfficient.transformers.models.modeling_auto import DEFAULT_CTX_LEN
+from QEfficient.transformers.models.registry import UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+# Processor outputs that belong to the text, not to the images.
+TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids"})
+DEFAULT_IMG_SIZE = 448
+
+
+def image_token_id(config: Any) -> int:
+    """The placeholder token that a vision-language model's images replace in the prompt."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise UnsupportedModelError(
+        f"{type(config).__name__} names no image token (`image_token_id` / `image_token_index`): its images do not "
+        "replace placeholder tokens of the prompt, which is what QEFFAutoModelForImageTextToText implements."
+    )
+
+
+def check_image_text_supported(model: nn.Module) -> None:
+    """A clear error for a vision-language model outside the generic mechanism."""
+    name = type(model).__name__
+    forward = inspect.signature(model.forward).parameters
+    if "mm_encoder_outputs" not in forward or not hasattr(model, "get_image_features"):
+        raise UnsupportedModelError(
+            f"{name} does not take precomputed image features (`mm_encoder_outputs`) or has no "
+            "`get_image_features`: its images enter the language model another way (cross-attention, an "
+            "encoder-decoder), which QEFFAutoModelForImageTextToText does not implement yet."
+        )
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder language models are supported.")
+    image_token_id(model.config)
+
+
+def image_inputs_of(encoded: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The image part of a processor's output (everything but the text inputs), as numpy arrays."""
+    arrays = {}
+    for name, value in encoded.items():
+        if name in TEXT_INPUTS or value is None:
+            continue
+        arrays[name] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return arrays
+
+
+def as_rgb_image(image: Any, index: int = 0) -> Any:
+    """A PIL RGB image from a PIL image, a path or a `[H, W]` / `[H, W, 3|4]` array; clear errors otherwise."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"Image {index}: no file at {path}.")
+        image = Image.open(path)
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(
+                f"Image {index} is an array of shape {image.shape}; expected [H, W] or [H, W, C] with C in 1, 3, 4."
+            )
+        if image.size == 0:
+            raise ValueError(f"Image {index} is empty (shape {image.shape}).")
+        array = image if image.dtype == np.uint8 else np.clip(np.asarray(image) * 255.0, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1 else array)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"Image {index} is a {type(image).__name__}; give a PIL image, a file path or a numpy array.")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Image {index} has zero size ({image.width}x{image.height}).")
+    if image.mode != "RGB":
+        try:
+            converted = image.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise ValueError(
+                f"Image {index} is in mode {image.mode!r}, which cannot be converted to RGB ({exc}); convert it first."
+            ) from exc
+        logger.info("Image %d: converted from mode %s to RGB.", index, image.mode)
+        image = converted
+    return image
+
+
+class VisionEncoderForExport(nn.Module):
+    """`(image inputs...) -> image_features [N, H]`: HF's `get_image_features` (vision tower and projector), the
+    per-image outputs concatenated in order, as the language model's merge consumes them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names: list[str] = []
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(**dict(zip(self.input_names, inputs)), return_dict=True)
+        features = getattr(out, "pooler_output", out)
+        if isinstance(features, (list, tuple)):
+            features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
+        return features.reshape(-1, features.shape[-1]).float()
+
+
+class QEFFVisionEncoder(QEFFBaseModel):
+    """The vision program of a vision-language model: a static graph for one image geometry."""
+
+    _pytorch_transforms: ClassVar[list] = [FloatTransform]
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(VisionEncoderForExport(model))
+        self.example_shapes: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def model_name(self) -> str:
+        return f"{type(self.model.model).__name__}-vision"
+
+    def export(self, export_dir: str | Path | None = None, image_inputs: dict[str, np.ndarray] | None = None) -> Path:
+        """Export for the image inputs `image_inputs` (a processor's output for the compiled image size)."""
+        if image_inputs is None:
+            raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
+        example = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
+        self.model.input_names = list(example)
+        self.example_shapes = {name: tuple(t.shape) for name, t in example.items()}
+        return self._export(example, ["image_features"], {}, export_dir)
+
+    def compile(
+        self,
+        image_inputs: dict[str, np.ndarray] | None = None,
+        backend: str = "onnxruntime",
+        compile_dir: str | Path | None = None,
+        **backend_options: Any,
+    ) -> Path:
+        """Export for `image_inputs` (if not done) and compile; returns the program directory."""
+        if image_inputs is not None or self.onnx_path is None:
+            self.export(image_inputs=image_inputs)
+        return self._compile({SINGLE_GRAPH: [{}]}, backend=backend, compile_dir=compile_dir, **backend_options)
+
+    def run(self, image_inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """`image_features [N, H]` for image inputs of the compiled geometry."""
+        shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
+        if shapes != self.example_shapes:
+            raise ValueError(
+                f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
+                "Compile for this image size and count (compile(img_size=..., num_images=...)), or resize the images."
+            )
+        feed = {name: np.asarray(value) for name, value in image_inputs.items()}
+        return self.program.run(feed)["image_features"]
+
+    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The same features from the PyTorch module (for validation)."""
+        self.model.input_names = list(image_inputs)
+        with torch.no_grad():
+            return self.model(*(torch.from_numpy(np.asarray(v)) for v in image_inputs.values())).numpy()
+
+
+class QEFFAutoModelForImageTextToText:
+    """Vision-language models (LLaVA, LLaVA-NeXT, Gemma3, Mistral3, InternVL, Llama4, Qwen2.5-VL, ...).
+
+    ```python
+    model = QEFFAutoModelForImageTextToText.from_pretrained(path)           # kv_offload=True: two programs
+    model.compile(img_size=336, prefill_seq_len=128, ctx_len=1024)
+    out = model.generate(images=[image], prompts=["What is in this picture?"], generation_len=64)
+    out.generated_texts
+    ```
+
+    `generate` applies the processor's chat template (`chat=True`), runs the vision program on the images, and
+    drives the language program with the features at the image-token positions. Greedy tokens equal HF
+    `generate`'s.
+    """
+
+    _hf_auto_class: ClassVar[Any] = AutoModelForImageTextToText
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kv_offload: bool = True,
+        continuous_batching: bool = False,
+        processor: Any = None,
+        pretrained_model_name_or_path: str | None = None,
+    ) -> None:
+        check_image_text_supported(model)
+        prepare_for_export(model)
+        self.kv_offload = kv_offload
+        self.processor = processor
+        self.pretrained_model_name_or_path = pretrained_model_name_or_path
+        self.image_token_id = image_token_id(model.config)
+        self.hf_model = model
+        self.vision = QEFFVisionEncoder(model)
+        self.language = QEFFAutoModelForCausalLM(
+            model, continuous_batching=continuous_batching, image_token_id=self.image_token_id
+        )
+        self.image_size: tuple[int, int] | None = None
+        self.num_images = 1
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        kv_offload: bool = True,
+        continuous_batching: bool = False,
+        processor: Any = None,
+        **kwargs: Any,
+    ) -> QEFFAutoModelForImageTextToText:
+        """Load a HF vision-language model (local folder, or hub id offline from the HF cache) and its processor
+        (from the same folder, when one is saved there; else pass `processor=` to `generate`)."""
+        hf_model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
+        if processor is None:
+            processor = _load_processor(getattr(hf_model, "name_or_path", "") or str(pretrained_model_name_or_path))
+        return cls(
+            hf_model,
+            kv_offload=kv_offload,
+            continuous_batching=continuous_batching,
+            processor=processor,
+            pretrained_model_name_or_path=str(pretrained_model_name_or_path),
+        )
+
+    @property
+    def model_name(self) -> str:
+        return type(self.hf_model).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name}, kv_offload={self.kv_offload})"
+
+    # ---- compile -------------------------------------------------------------------------------------
+
+    def example_image_inputs(
+        self, img_size: int | tuple[int, int] | None = None, num_images: int = 1, processor: Any = None
+    ) -> dict[str, np.ndarray]:
+        """The processor's image inputs for `num_images` blank images of `img_size` (the vision graph's shapes)."""
+        processor = processor or self.processor
+        if processor is None:
+            raise ValueError(
+                "No processor was found with the model: pass processor= (or the example image_inputs= to compile)."
+            )
+        from PIL import Image
+
+        height, width = _size_pair(img_size or _default_img_size(self.hf_model.config))
+        images = [Image.new("RGB", (width, height), (127, 127, 127)) for _ in range(num_images)]
+        image_processor = getattr(processor, "image_processor", processor)
+        return image_inputs_of(image_processor(images=images, return_tensors="np"))
+
+    def compile(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        prefill_seq_len: int = 32,
+        ctx_len: int = DEFAULT_CTX_LEN,
+        batch_size: int = 1,
+        full_batch_size: int | None = None,
+        num_images: int = 1,
+        image_inputs: dict[str, np.ndarray] | None = None,
+        backend: str = "onnxruntime",
+        skip_vision: bool = False,
+        skip_lang: bool = False,
+        **backend_options: Any,
+    ) -> dict[str, Path]:
+        """Compile the vision program for `num_images` images of `img_size` (as the processor prepares them; or for
+        the example `image_inputs`) and the language program for `prefill_seq_len`, `ctx_len` and the batch.
+
+        Returns `{"vision": dir, "language": dir}`. Images that the processor turns into inputs of the same shapes
+        run on the compiled vision program one at a time where the inputs are per image (so a prompt may hold any
+        number of them), else together.
+        """
+        if not self.kv_offload:
+            raise NotImplementedError("kv_offload=False: see QEFFAutoModelForImageTextToText.compile_single.")
+        paths: dict[str, Path] = {}
+        if not skip_vision:
+            inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
+            self.num_images = num_images if image_inputs is None else _images_in(inputs, num_images)
+            self.image_size = _size_pair(img_size) if img_size else None
+            paths["vision"] = self.vision.compile(inputs, backend=backend, **backend_options)
+        if not skip_lang:
+            paths["language"] = self.language.compile(
+                prefill_seq_len, ctx_len, batch_size, full_batch_size, backend=backend, **backend_options
+            )
+        return paths
+
+    # ---- running -------------------------------------------------------------------------------------
+
+    def image_features(self, image_inputs: dict[str, np.ndarray], runtime: str = "compiled") -> np.ndarray:
+        """`[N, H]` features of the images in `image_inputs` (a processor's output), in prompt order."""
+        run = self.vision.run if runtime == "compiled" else self.vision.pytorch
+        if runtime not in ("compiled", "pytorch"):
+            raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
+        compiled = self.vision.example_shapes
+        shapes = {name: np.shape(value) for name, value in image_inputs.items()}
+        if runtime == "compiled" and shapes != compiled and _per_image(shapes, compiled, self.num_images):
+            # the inputs are per image (leading dimension = images): run them in groups of the compiled count
+            count = next(iter(shapes.values()))[0]
+            step = self.num_images
+            return np.concatenate(
+                [run({n: np.asarray(v)[i : i + step] for n, v in image_inputs.items()}) for i in range(0, count, step)]
+            )
+        return run(image_inputs)
+
+    def prepare(
+        self,
+        images: Any,
+        prompt: str,
+        processor: Any = None,
+        chat: bool = True,
+        index: int = 0,
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Token ids of one prompt with its images (through the processor and, with `chat`, its chat template) and
+        the processor's image inputs."""
+        processor = processor or self.processor
+        if processor is None:
+            raise ValueError("generate() needs the model's processor: none was found with the model; pass processor=.")
+        image_list = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+        image_list = [as_rgb_image(image, i) for i, image in enumerate(image_list)]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"Prompt {index} is empty or not a string.")
+        text = prompt
+        if chat:
+            content = [{"type": "image"} for _ in image_list] + [{"type": "text", "text": prompt}]
+            template = getattr(processor, "chat_template", None) or getattr(
+                getattr(processor, "tokenizer", None), "chat_template", None
+            )
+            if template is None:
+                raise ValueError(
+                    "The processor has no chat template: pass chat=False with the image placeholders in the prompt "
+                    f"(e.g. {getattr(processor, 'image_token', '<image>')!r})."
+                )
+            text = processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        placeholder = getattr(processor, "image_token", None)
+        if image_list and not chat and placeholder and placeholder not in text:
+            raise ValueError(
+                f"Prompt {index} has no image token {placeholder!r} for its {len(image_list)} image(s): put one "
+                "per image where the image belongs, or pass chat=True to use the chat template."
+            )
+        try:
+            encoded = processor(images=image_list or None, text=[text], return_tensors="np")
+        except ValueError as exc:
+            raise ValueError(f"Prompt {index}: the processor refused the prompt and its images: {exc}") from exc
+        ids = [int(t) for t in np.asarray(encoded["input_ids"])[0]]
+        n_tokens = sum(t == self.image_token_id for t in ids)
+        if image_list and n_tokens == 0:
+            raise ValueError(
+                f"Prompt {index} has {len(image_list)} image(s) but no image token (id {self.image_token_id}); put "
+                f"the image placeholder {placeholder!r} in the prompt or use chat=True."
+            )
+        if not image_list and n_tokens:
+            raise ValueError(f"Prompt {index} has image tokens but no image was given.")
+        return ids, image_inputs_of(encoded) if image_list else {}
+
+    def token_features(self, ids: Sequence[int], features: np.ndarray | None, index: int = 0) -> dict[str, np.ndarray]:
+        """The language program's per-token `image_embeds` of one prompt: feature row k at the k-th image token."""
+        ids = np.asarray(ids)
+        positions = np.flatnonzero(ids == self.image_token_id)
+        count = 0 if features is None else len(features)
+        if len(positions) != count:
+            raise ValueError(
+                f"Prompt {index} has {len(positions)} image tokens but its images give {count} image features: "
+                "each image needs its placeholder in the prompt (one per image), and no more."
+            )
+        embeds = np.zeros((len(ids), self.language.model.image_embeds_dim), dtype=np.float32)
+        if count:
+            embeds[positions] = features
+        return {"image_embeds": embeds}
+
+    def generate(
+        self,
+        images: Any = None,
+        prompts: str | Sequence[str] = (),
+        processor: Any = None,
+        generation_len: int | None = None,
+        chat: bool = True,
+        streamer: Any = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_strings: Sequence[str] = (),
+    ):  # noqa: ANN201 - GenerationOutput
+        """Answer `prompts` about `images` on the compiled programs (greedy unless `do_sample=True`).
+
+        `images`: for one prompt, an image or a list of images; for several prompts, one entry (an image, a list,
+        or None) per prompt. Images are PIL images, file paths or `[H, W, C]` arrays. Returns a `GenerationOutput`
+        with `perf_metrics.vision_s` (the vision program's time) added.
+        """
+        from QEfficient.generation.sampling import SamplingParams
+
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompt_list:
+            raise ValueError("generate() needs at least one prompt.")
+        per_prompt = [images] if len(prompt_list) == 1 else list(images or [None] * len(prompt_list))
+        if len(per_prompt) != len(prompt_list):
+            raise ValueError(
+                f"Got {len(per_prompt)} image entries for {len(prompt_list)} prompts; give one per prompt."
+            )
+        processor = processor or self.processor
+        rows, features, vision_s = [], [], 0.0
+        for i, (prompt, prompt_images) in enumerate(zip(prompt_list, per_prompt)):
+            ids, image_inputs = self.prepare(prompt_images, prompt, processor, chat, i)
+            t0 = time.perf_counter()
+            image_features = self.image_features(image_inputs) if image_inputs else None
+            vision_s += time.perf_counter() - t0
+            rows.append(ids)
+            features.append(self.token_features(ids, image_features, i))
+        tokenizer = getattr(processor, "tokenizer", processor)
+        generator = self.language.text_generator(tokenizer=tokenizer)
+        sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        out = generator.generate(rows, generation_len, sampling, stop_strings, streamer, False, token_features=features)
+        out.prompts = prompt_list
+        out.perf_metrics.vision_s = vision_s
+        out.perf_metrics.ttft_s += vision_s
+        out.perf_metrics.total_s += vision_s
+        return out
+
+    def generate_ids(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        image_inputs: Sequence[dict[str, np.ndarray] | None],
+        generation_len: int | None = None,
+        runtime: str = "compiled",
+    ) -> list[list[int]]:
+        """Greedy tokens for prompts already tokenised with their image placeholders expanded (as the processor
+        does), with each prompt's image inputs: the path validation and the sweep use."""
+        features = []
+        for i, (ids, inputs) in enumerate(zip(input_ids, image_inputs)):
+            image_features = self.image_features(inputs, runtime) if inputs else None
+            features.append(self.token_features(ids, image_features, i))
+        generator = self.language.text_generator()
+        out = generator.generate([list(map(int, ids)) for ids in input_ids], generation_len, token_features=features)
+        return out.generated_ids
+
+
+def _load_processor(source: str) -> Any:
+    """The processor saved with a model folder (None when there is none)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        logger.info("No processor found with %s (%s); pass processor= where it is needed.", source, exc)
+        return None
+
+
+def _size_pair(size: int | tuple[int, int] | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def _default_img_size(config: Any) -> int:
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    return int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMG_SIZE
+
+
+def _images_in(inputs: dict[str, np.ndarray], default: int) -> int:
+    """How many images example inputs hold when every input is per image (the leading dimension); else `default`."""
+    leading = {np.shape(v)[0] for v in inputs.values() if np.ndim(v)}
+    return leading.pop() if len(leading) == 1 else default
+
+
+def _per_image(shapes: dict[str, tuple], compiled: dict[str, tuple], num_images: int) -> bool:
+    """Whether inputs of `shapes` are whole groups of the compiled per-image inputs (same trailing dimensions, a
+    leading dimension that is a multiple of the compiled image count)."""
+    if set(shapes) != set(compiled) or not shapes:
+        return False
+    counts = {s[0] for s in shapes.values() if len(s)}
+    if len(counts) != 1:
+        return False
+    count = counts.pop()
+    return count % num_images == 0 and all(
+        len(s) == len(compiled[n]) and s[1:] == compiled[n][1:] and compiled[n][0] == num_images
+        for n, s in shapes.items()
+    )
