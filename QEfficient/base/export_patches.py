@@ -11,6 +11,9 @@
   `ones(..., dtype=bool).scatter(-1, idx, False)`): the tracer records it with a `bool` argument that no
   `aten::scatter` schema takes and fails an INTERNAL ASSERT in alias analysis. While tracing, the bool is passed
   as the int 0 or 1, which scatter casts to the tensor's dtype exactly as it casts the bool.
+- `round(x, n)` on a 0-d tensor (LLaVA-NeXT's unpadding computes sizes from traced shapes, which are 0-d tensors
+  while tracing): `Tensor` defines no `__round__`. While tracing, it rounds to a Python number, as it does with
+  eager shapes; the sizes of a static image geometry are constants of the graph anyway.
 """
 
 from __future__ import annotations
@@ -46,8 +49,24 @@ class _InferenceCtx:
 @contextlib.contextmanager
 def export_patches() -> Iterator[None]:
     """Every patch above, for the duration of one export."""
-    with inline_autograd_functions(), scatter_bool_values_as_int():
+    with inline_autograd_functions(), scatter_bool_values_as_int(), round_scalar_tensors():
         yield
+
+
+@contextlib.contextmanager
+def round_scalar_tensors() -> Iterator[None]:
+    """Within the block, `round()` of a one-element tensor gives the rounded Python number."""
+    had = "__round__" in vars(torch.Tensor)
+
+    def tensor_round(self: torch.Tensor, ndigits: int | None = None) -> Any:
+        return round(self.item(), ndigits)
+
+    torch.Tensor.__round__ = tensor_round  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if not had:
+            del torch.Tensor.__round__
 
 
 @contextlib.contextmanager

@@ -54,6 +54,11 @@ _SIZES: dict[str, tuple[int, tuple[str, ...]]] = {
             "adapter_in_dim",
             "adapter_input_size",
             "adapter_out_dim",
+            # vision towers' outputs and projectors, which feed the (tiny) language model
+            "out_hidden_size",
+            "vision_output_dim",
+            "projector_input_dim",
+            "projector_output_dim",
         ),
     ),
     "intermediate": (
@@ -99,6 +104,7 @@ _SIZES: dict[str, tuple[int, tuple[str, ...]]] = {
             "encoder_layers",
             "num_decoder_layers",
             "num_encoder_layers",
+            "depth",  # vision towers (Qwen2-VL)
         ),
     ),
     "heads": (
@@ -514,12 +520,15 @@ def shrink(values: dict[str, Any]) -> dict[str, Any]:
 def tiny_config(model_type: str, **overrides: Any) -> PreTrainedConfig:
     """A tiny config of `model_type`: the class's defaults with every known size scaled down."""
     config_class = CONFIG_MAPPING[model_type]
-    fields = {f.name for f in dataclasses.fields(config_class)}
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
     try:
         defaults = config_class()
     except Exception:  # noqa: BLE001 - a class whose own defaults fail its checks: start from the override
         defaults = config_class(**TINY_OVERRIDES.get(model_type, {}))
     values = {k: v for k, v in shrink(defaults.to_dict()).items() if k in fields}
+    for name in _TEXT_TOKENS:  # a token id cleared above keeps its default where the field cannot be None
+        if name in values and values[name] is None and "None" not in str(fields[name].type):
+            values[name] = getattr(defaults, name)
     values = _merged(_merged(values, TINY_OVERRIDES.get(model_type, {})), overrides)
     return config_class(**values)
 

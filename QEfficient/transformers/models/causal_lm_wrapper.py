@@ -248,6 +248,18 @@ def _indexer_dim(name: str, index: int, layer: object) -> int | None:
     return indexer_keys.shape[2]
 
 
+class _ImageFeatures(list):
+    """The image features as HF's merge reads `pooler_output`: a list of per-image tensors (LLaVA concatenates them)
+    that also acts as the one tensor other models take (Gemma3 calls `.to(...)` on it)."""
+
+    def to(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return torch.cat(list(self)).to(*args, **kwargs)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.cat(list(self)).shape
+
+
 class CausalLMForExport(nn.Module):
     """A HF causal LM behind the fixed-shape, retained-state KV-cache contract."""
 
@@ -261,6 +273,9 @@ class CausalLMForExport(nn.Module):
         self.layout = probe_cache_layout(model)
         self.continuous_batching = continuous_batching
         self.image_token_id = image_token_id
+        # width of `image_embeds`: the image features' (the language model's hidden size unless the model projects
+        # the vision tower's output itself); set by QEFFAutoModelForImageTextToText from its vision encoder
+        self.image_features_dim: int | None = None
         # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
         # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
         self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
@@ -315,8 +330,9 @@ class CausalLMForExport(nn.Module):
 
     @property
     def image_embeds_dim(self) -> int:
-        """Width of `image_embeds`: the language model's hidden size (the features replace token embeddings)."""
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        """Width of `image_embeds`: the image features' (by default the language model's hidden size, as the
+        features replace token embeddings)."""
+        return self.image_features_dim or int(self.model.get_input_embeddings().weight.shape[1])
 
     @property
     def export_identity(self) -> dict:
@@ -329,6 +345,7 @@ class CausalLMForExport(nn.Module):
             "layout": repr(self.layout),
             "prefill_continues": self.prefill_continues,
             "image_token_id": self.image_token_id,
+            "image_embeds_dim": self.image_embeds_dim if self.image_token_id is not None else None,
         }
 
     @property
@@ -429,7 +446,10 @@ class CausalLMForExport(nn.Module):
         multimodal = {}
         if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
             features = image_embeds[input_ids == self.image_token_id].to(past[0].dtype)
-            multimodal["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features])}
+            # HF reads the projected features (`pooler_output`, a list per image) or, where it projects them itself,
+            # the vision tower's `last_hidden_state`
+            image = BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=_ImageFeatures([features]))
+            multimodal["mm_encoder_outputs"] = {"image": image}
         try:
             with self._implementations():
                 out = self.model(

@@ -73,11 +73,13 @@ def check_image_text_supported(model: nn.Module) -> None:
     image_token_id(model.config)
 
 
-def image_inputs_of(encoded: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The image part of a processor's output (everything but the text inputs), as numpy arrays."""
+def image_inputs_of(encoded: dict[str, Any], model: nn.Module | None = None) -> dict[str, np.ndarray]:
+    """The image part of a processor's output (everything but the text inputs), as numpy arrays; with `model`, only
+    what its forward takes (processors also return bookkeeping such as Gemma3's `num_crops`)."""
+    accepted = set(inspect.signature(model.forward).parameters) if model is not None else None
     arrays = {}
     for name, value in encoded.items():
-        if name in TEXT_INPUTS or value is None:
+        if name in TEXT_INPUTS or value is None or (accepted is not None and name not in accepted):
             continue
         arrays[name] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     return arrays
@@ -119,20 +121,29 @@ def as_rgb_image(image: Any, index: int = 0) -> Any:
 
 class VisionEncoderForExport(nn.Module):
     """`(image inputs...) -> image_features [N, H]`: HF's `get_image_features` (vision tower and projector), the
-    per-image outputs concatenated in order, as the language model's merge consumes them."""
+    per-image outputs concatenated in order, as the language model's merge consumes them.
+
+    The floating-point inputs (`pixel_values`) are graph inputs; the integer ones describe the images' geometry
+    (`image_sizes`, `image_grid_thw`, ...), which HF's Python code turns into shapes, so they are fixed at export
+    (`geometry`) and the program checks that the images it runs have the same."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.input_names: list[str] = []
+        self.geometry: dict[str, torch.Tensor] = {}
 
     @property
     def config(self) -> Any:
         return self.model.config
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_image_features(**dict(zip(self.input_names, inputs)), return_dict=True)
-        features = getattr(out, "pooler_output", out)
+        kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
+        out = self.model.get_image_features(**kwargs, return_dict=True)
+        # what the language model's merge reads: the projected per-image features (`pooler_output`), or, for a model
+        # that projects inside its forward (Llama4), the vision tower's `last_hidden_state`
+        features = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
+        features = getattr(features, "last_hidden_state", features)
         if isinstance(features, (list, tuple)):
             features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
         return features.reshape(-1, features.shape[-1]).float()
@@ -146,6 +157,8 @@ class QEFFVisionEncoder(QEFFBaseModel):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(VisionEncoderForExport(model))
         self.example_shapes: dict[str, tuple[int, ...]] = {}
+        self.geometry: dict[str, np.ndarray] = {}  # the integer image inputs the graph was exported for
+        self.features_dim: int | None = None  # width of image_features, known once exported
 
     @property
     def model_name(self) -> str:
@@ -155,9 +168,14 @@ class QEFFVisionEncoder(QEFFBaseModel):
         """Export for the image inputs `image_inputs` (a processor's output for the compiled image size)."""
         if image_inputs is None:
             raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
-        example = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
+        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
+        example = {name: t for name, t in tensors.items() if t.is_floating_point()}
+        self.model.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
         self.model.input_names = list(example)
-        self.example_shapes = {name: tuple(t.shape) for name, t in example.items()}
+        self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        self.geometry = {name: t.numpy() for name, t in self.model.geometry.items()}
+        with torch.no_grad():
+            self.features_dim = int(self.model(*example.values()).shape[-1])
         return self._export(example, ["image_features"], {}, export_dir)
 
     def compile(
@@ -180,14 +198,24 @@ class QEFFVisionEncoder(QEFFBaseModel):
                 f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
                 "Compile for this image size and count (compile(img_size=..., num_images=...)), or resize the images."
             )
-        feed = {name: np.asarray(value) for name, value in image_inputs.items()}
+        for name, value in self.geometry.items():
+            if not np.array_equal(np.asarray(image_inputs[name]), value):
+                raise ValueError(
+                    f"The vision encoder is compiled for images with {name} = {value.tolist()}; these images have "
+                    f"{np.asarray(image_inputs[name]).tolist()}. Compile for this image size (compile(img_size=...)) "
+                    "or resize the images."
+                )
+        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
         return self.program.run(feed)["image_features"]
 
     def pytorch(self, image_inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The same features from the PyTorch module (for validation)."""
-        self.model.input_names = list(image_inputs)
+        """The same features from the PyTorch module, for any image inputs (for validation)."""
+        module = VisionEncoderForExport(self.model.model)
+        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
+        module.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
+        module.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
         with torch.no_grad():
-            return self.model(*(torch.from_numpy(np.asarray(v)) for v in image_inputs.values())).numpy()
+            return module(*(tensors[name] for name in module.input_names)).numpy()
 
 
 class QEFFAutoModelForImageTextToText:
@@ -275,7 +303,7 @@ class QEFFAutoModelForImageTextToText:
         height, width = _size_pair(img_size or _default_img_size(self.hf_model.config))
         images = [Image.new("RGB", (width, height), (127, 127, 127)) for _ in range(num_images)]
         image_processor = getattr(processor, "image_processor", processor)
-        return image_inputs_of(image_processor(images=images, return_tensors="np"))
+        return image_inputs_of(image_processor(images=images, return_tensors="np"), self.hf_model)
 
     def compile(
         self,
@@ -307,6 +335,8 @@ class QEFFAutoModelForImageTextToText:
             self.image_size = _size_pair(img_size) if img_size else None
             paths["vision"] = self.vision.compile(inputs, backend=backend, **backend_options)
         if not skip_lang:
+            if self.vision.onnx_path is not None:  # the features' width, which the language graph takes
+                self.language.model.image_features_dim = self.vision.features_dim
             paths["language"] = self.language.compile(
                 prefill_seq_len, ctx_len, batch_size, full_batch_size, backend=backend, **backend_options
             )
@@ -380,7 +410,7 @@ class QEFFAutoModelForImageTextToText:
             )
         if not image_list and n_tokens:
             raise ValueError(f"Prompt {index} has image tokens but no image was given.")
-        return ids, image_inputs_of(encoded) if image_list else {}
+        return ids, image_inputs_of(encoded, self.hf_model) if image_list else {}
 
     def token_features(self, ids: Sequence[int], features: np.ndarray | None, index: int = 0) -> dict[str, np.ndarray]:
         """The language program's per-token `image_embeds` of one prompt: feature row k at the k-th image token."""
@@ -471,7 +501,7 @@ def _load_processor(source: str) -> Any:
 
     try:
         return AutoProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as exc:
         logger.info("No processor found with %s (%s); pass processor= where it is needed.", source, exc)
         return None
 

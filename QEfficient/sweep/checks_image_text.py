@@ -1,0 +1,202 @@
+"""Sweep check for vision-language models: HF `generate` on a prompt with an image = QEfficient's two programs.
+
+Each check builds the tiny model with HF (its vision tower scaled to small images), makes the image inputs the
+model's own image processor makes for a random picture (random `pixel_values` of the vision config's shape when
+the model has no PIL image processor), asks HF for the image features to know how many image tokens the prompt
+needs, runs HF `generate` greedily on text + image tokens + text, saves the model, loads it through
+`QEFFAutoModelForImageTextToText.from_pretrained` and compares the greedy tokens of the compiled vision and
+language programs (prefill chunked across the image tokens) with HF's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from QEfficient.sweep.runner import (
+    FAIL,
+    HF_CANNOT_BUILD,
+    HF_CANNOT_RUN,
+    PASS,
+    UNSUPPORTED,
+    StageFailure,
+    SweepRow,
+    run_stage,
+)
+from QEfficient.sweep.tiny_configs import VOCAB
+from QEfficient.utils.errors import first_line
+
+GENERATION_LEN = 16
+PREFILL_SEQ_LEN = 8
+PATCHES_PER_SIDE = 4  # tiny images: 4 x 4 patches
+
+# Values that must agree with the tiny image (PATCHES_PER_SIDE patches a side), per model type.
+IMAGE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "gemma3": {"mm_tokens_per_image": 4},  # pooled 2 x 2 from the 4 x 4 patches
+    "llama4": {"vision_config": {"intermediate_size": 256}},  # the pixel-shuffle MLP's input: 64 / 0.5**2
+}
+
+
+def tiny_image_config(model_type: str):  # noqa: ANN201 - PreTrainedConfig
+    """The sweep's tiny config with a small image: `PATCHES_PER_SIDE` patches a side."""
+    from QEfficient.sweep.tiny_configs import tiny_config
+
+    config = tiny_config(model_type)
+    vision = getattr(config, "vision_config", None)
+    patch, size = getattr(vision, "patch_size", None), getattr(vision, "image_size", None)
+    overrides = dict(IMAGE_OVERRIDES.get(model_type, {}))
+    if isinstance(patch, (list, tuple)) and isinstance(size, (list, tuple)):
+        vision_size: Any = [PATCHES_PER_SIDE * p for p in patch]
+    elif isinstance(patch, int) and isinstance(size, int):
+        vision_size = PATCHES_PER_SIDE * patch
+    else:
+        vision_size = None
+    if vision_size is not None:
+        overrides["vision_config"] = {**overrides.get("vision_config", {}), "image_size": vision_size}
+    if getattr(vision, "window_size", None) and isinstance(patch, int):  # Qwen2.5-VL's window, in pixels
+        merge = getattr(vision, "spatial_merge_size", 1) or 1
+        overrides["vision_config"] = {**overrides.get("vision_config", {}), "window_size": 2 * patch * merge}
+    return tiny_config(model_type, **overrides) if overrides else config
+
+
+def _image_processor(model_type: str, config: Any) -> Any:
+    """The model type's PIL image processor, sized for the tiny vision config; None when it has none."""
+    from transformers.models.auto import image_processing_auto
+
+    names = image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    name = names.get("pil") if isinstance(names, dict) else None
+    if name is None:
+        return None
+    processor_class = image_processing_auto.get_image_processor_class_from_name(name)
+    if processor_class is None:
+        return None
+    defaults = processor_class()
+    size = getattr(getattr(config, "vision_config", None), "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if not isinstance(size, int):
+        return defaults
+    sized = {}
+    for attribute in ("size", "crop_size"):
+        value = getattr(defaults, attribute, None)
+        fields = value.items() if isinstance(value, dict) else vars(value).items() if value is not None else ()
+        # edges become the tiny image's side; pixel counts (Qwen2-VL's min/max pixels) its area
+        sized[attribute] = {k: size * size if v >= 3000 else size for k, v in fields if isinstance(v, int)}
+    processor = processor_class(**{k: v for k, v in sized.items() if v})
+    return processor
+
+
+def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Image inputs for one random picture, as the model's image processor makes them."""
+    from PIL import Image
+
+    from QEfficient.transformers.models.image_text_to_text import image_inputs_of
+
+    processor = _image_processor(model_type, config)
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    size = size if isinstance(size, int) else 64
+    if processor is None:
+        channels = getattr(vision, "num_channels", 3) or 3
+        generator = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(1, channels, size, size, generator=generator).numpy()}
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return image_inputs_of(processor(images=[picture], return_tensors="np"), model)
+
+
+def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray]) -> int:
+    from QEfficient.transformers.models.image_text_to_text import VisionEncoderForExport
+
+    encoder = VisionEncoderForExport(model)
+    tensors = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
+    encoder.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
+    encoder.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
+    with torch.no_grad():
+        return int(encoder(*(tensors[name] for name in encoder.input_names)).shape[0])
+
+
+def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:
+    inputs = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            **inputs,
+            max_new_tokens=GENERATION_LEN,
+            min_new_tokens=GENERATION_LEN,
+            do_sample=False,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def check_image_text_to_text(model_type: str) -> SweepRow:
+    """HF `generate` == the compiled vision + language programs, exact greedy tokens."""
+    from QEfficient.sweep.checks import randomize_zero_matrices
+    from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError
+    from QEfficient.transformers.models.image_text_to_text import (
+        QEFFAutoModelForImageTextToText,
+        check_image_text_supported,
+        image_token_id,
+    )
+    from QEfficient.transformers.models.registry import UnsupportedModelError
+
+    row = SweepRow("image-text-to-text", model_type, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
+    try:
+        config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_image_config, model_type)
+        torch.manual_seed(0)
+        hf = run_stage(
+            "HF build", HF_CANNOT_BUILD, AutoModelForImageTextToText.from_config, config, dtype=torch.float32
+        )
+        randomize_zero_matrices(hf, config)
+        hf.eval()
+        row.architecture = type(hf).__name__
+        try:
+            check_image_text_supported(hf)
+        except UnsupportedModelError as exc:
+            raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
+        token = image_token_id(config)
+        image_inputs = run_stage("image inputs", HF_CANNOT_BUILD, tiny_image_inputs, model_type, config, hf)
+        count = run_stage("HF image features", HF_CANNOT_RUN, _hf_feature_count, hf, image_inputs)
+        generator = torch.Generator().manual_seed(1234)
+        text = torch.randint(8, VOCAB - 40, (9,), generator=generator).tolist()
+        ids = text[:3] + [token] * count + text[3:]
+        expected = run_stage("HF generate", HF_CANNOT_RUN, _hf_generate, hf, ids, image_inputs)
+        with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
+            run_stage("save", HF_CANNOT_BUILD, hf.save_pretrained, folder)
+            del hf
+            try:
+                qeff = QEFFAutoModelForImageTextToText.from_pretrained(folder)
+            except (UnsupportedModelError, UnsupportedCausalLMError) as exc:
+                raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
+            except Exception as exc:  # noqa: BLE001
+                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            ctx_len = len(ids) + GENERATION_LEN + PREFILL_SEQ_LEN
+            run_stage(
+                "compile",
+                FAIL,
+                qeff.compile,
+                image_inputs=image_inputs,
+                prefill_seq_len=PREFILL_SEQ_LEN,
+                ctx_len=ctx_len,
+            )
+            got = run_stage("generate", FAIL, qeff.generate_ids, [ids], [image_inputs], GENERATION_LEN)[0]
+    except StageFailure as failure:
+        row.status, row.stage, row.reason = failure.status, failure.stage, failure.reason
+        return row
+    same = sum(a == b for a, b in zip(got, expected))
+    if got == expected:
+        row.status, row.detail = PASS, f"{same}/{len(expected)} tokens ({count} image tokens)"
+    else:
+        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        row.status, row.stage = FAIL, "tokens"
+        row.reason = (
+            f"first difference at new token {first}: {got[first : first + 3]} vs HF {expected[first : first + 3]}"
+        )
+    return row
