@@ -85,8 +85,8 @@ class TextGenerator:
         over padding after the prompt). `single_chunk_prefill`: each prompt must fit in one prefill chunk (a
         recurrent prefill that starts from a zero state). `token_inputs`: inputs the program takes per token besides
         the ids, name -> trailing shape (e.g. `{"image_embeds": [H]}`: the image features at the image-token
-        positions of a vision-language model); a prompt gives them with `generate(..., token_features=)`, every
-        other token gets zeros."""
+        positions of a vision-language model); a prompt gives them with `generate(..., token_features=)`, padding
+        gets zeros and each generated token its prompt's last row (a multimodal rotary offset carries on)."""
         self.program = program
         self.token_inputs = {name: tuple(shape) for name, shape in (token_inputs or {}).items()}
         self.left_padding = left_padding
@@ -286,6 +286,18 @@ class TextGenerator:
                 padded[name][r, begin : begin + len(values)] = values
         return padded
 
+    def _decode_features(self, requests: Sequence[_Request | None]) -> dict[str, np.ndarray] | None:
+        """The per-token inputs of one decode step `[len(requests), 1, *shape]`: each request's last prompt row."""
+        if not self.token_inputs or not any(r is not None and r.token_features for r in requests):
+            return None
+        features = {
+            name: np.zeros((len(requests), 1, *shape), dtype=np.float32) for name, shape in self.token_inputs.items()
+        }
+        for i, request in enumerate(requests):
+            for name, values in ((request.token_features or {}) if request is not None else {}).items():
+                features[name][i, 0] = values[-1]
+        return features
+
     def prefill_inputs(
         self, rows: list[list[int] | None], first_position: int = 0
     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -392,7 +404,8 @@ class TextGenerator:
                 if active[i]:
                     ids[i, 0], pos[i, 0] = r.generated[-1], positions[i]
             t0 = time.perf_counter()
-            logits = self.step(state, ids, pos, None)
+            features = self._decode_features([*requests, *[None] * (width - len(requests))])
+            logits = self.step(state, ids, pos, None, features)
             tokens = sampler(logits)
             clock.add_decode(time.perf_counter() - t0, sum(active))
             for i, r in enumerate(requests):
@@ -436,7 +449,8 @@ class TextGenerator:
                 ids[slot, 0] = request.generated[-1]
             pos = positions.reshape(slots, 1).copy()
             t0 = time.perf_counter()
-            logits = self.step(state, ids, pos, np.arange(slots).reshape(slots, 1))
+            rows = [running.get(slot) for slot in range(slots)]
+            logits = self.step(state, ids, pos, np.arange(slots).reshape(slots, 1), self._decode_features(rows))
             tokens = sampler(logits)
             clock.add_decode(time.perf_counter() - t0, len(running))
             for slot, request in list(running.items()):

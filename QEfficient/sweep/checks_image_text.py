@@ -10,6 +10,7 @@ language programs (prefill chunked across the image tokens) with HF's.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from typing import Any
 
@@ -61,7 +62,27 @@ def tiny_image_config(model_type: str):  # noqa: ANN201 - PreTrainedConfig
     if getattr(vision, "window_size", None) and isinstance(patch, int):  # Qwen2.5-VL's window, in pixels
         merge = getattr(vision, "spatial_merge_size", 1) or 1
         overrides["vision_config"] = {**overrides.get("vision_config", {}), "window_size": 2 * patch * merge}
+    if _uses_multimodal_rope(model_type) and "mrope_section" not in (_text_rope(config) or {"mrope_section": 0}):
+        # M-RoPE models read a default sized for their full head when the config names no sections
+        from QEfficient.sweep.tiny_configs import HEAD_DIM
+
+        sections = [HEAD_DIM // 2 - 2 * (HEAD_DIM // 8), HEAD_DIM // 8, HEAD_DIM // 8]
+        overrides["text_config"] = {"rope_parameters": {**_text_rope(config), "mrope_section": sections}}
     return tiny_config(model_type, **overrides) if overrides else config
+
+
+def _text_rope(config: Any) -> dict | None:
+    rope = getattr(config.get_text_config(decoder=True), "rope_parameters", None)
+    return dict(rope) if isinstance(rope, dict) else None
+
+
+def _uses_multimodal_rope(model_type: str) -> bool:
+    """Whether the model type's base model computes multimodal rotary positions (`get_rope_index`)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    name = MODEL_MAPPING_NAMES.get(model_type)
+    return isinstance(name, str) and hasattr(getattr(transformers, name, None), "get_rope_index")
 
 
 def _image_processor(model_type: str, config: Any) -> Any:
@@ -122,8 +143,12 @@ def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray
 
 
 def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:
+    from QEfficient.transformers.models.image_text_to_text import image_token_id
+
     inputs = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
     input_ids = torch.tensor([ids])
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 marks image tokens (M-RoPE models)
+        inputs["mm_token_type_ids"] = (input_ids == image_token_id(model.config)).int()
     with torch.no_grad():
         out = model.generate(
             input_ids=input_ids,

@@ -101,14 +101,17 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         if self.model.image_token_id is not None:  # one image token in the full row: the merge path is traced
             inputs["input_ids"][0, 1] = self.model.image_token_id
             inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_dim))
+        if self.model.rope_rows:
+            inputs["rope_offsets"] = torch.zeros((batch, seq, self.model.rope_rows))
         if self.continuous_batching:
             inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
         for name, shape in self.layout.past_shapes(cache_batch, ctx_len).items():
             inputs[name] = torch.zeros(shape)
         tokens = {0: "batch_size", 1: "seq_len"} if dynamic_seq_len else {0: "batch_size"}
         axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": {0: "batch_size"}}
-        if "image_embeds" in inputs:
-            axes["image_embeds"] = tokens
+        for name in ("image_embeds", "rope_offsets"):
+            if name in inputs:
+                axes[name] = tokens
         if self.continuous_batching:
             axes["batch_index"] = {0: "batch_size"}
         cache_axis = "full_batch_size" if self.continuous_batching else "batch_size"
@@ -199,7 +202,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         """Per-token inputs besides the ids, name -> trailing shape: `image_embeds` for a vision-language model."""
         if self.model.image_token_id is None:
             return {}
-        return {"image_embeds": [self.model.image_embeds_dim]}
+        inputs = {"image_embeds": [self.model.image_embeds_dim]}
+        return {**inputs, "rope_offsets": [self.model.rope_rows]} if self.model.rope_rows else inputs
 
     def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator
         """The `TextGenerator` that drives `program` (the compiled program by default) with this model's compile

@@ -1,7 +1,7 @@
 """`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
 
-    (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [batch_index [B,1]], past_key.0, past_value.0,
-     [past_indexer_key.0], [past_conv.0], [past_recurrent.0], ...)
+    (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [rope_offsets [B,S,R]], [batch_index [B,1]],
+     past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], ...)
         -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
 It builds a `FixedCache` over the past buffers and the masks from `position_ids`, calls the HF model
@@ -13,6 +13,8 @@ such a model needs separate prefill and decode graphs (docs/recurrent_state.md).
 The language model of a vision-language model takes `image_embeds`: per token, the image feature that replaces the
 embedding of an image token (zeros elsewhere). The graph hands HF the features at the image-token positions as
 `mm_encoder_outputs`, so HF merges them into the input embeddings its own way (docs/image_text_to_text.md).
+A model with multimodal rotary positions (Qwen2-VL's M-RoPE: R position rows, one per axis) also takes
+`rope_offsets`: per token and axis, its rotary position minus its cache position, which HF's `get_rope_index` gives.
 """
 
 from __future__ import annotations
@@ -208,6 +210,17 @@ def _recurrent_states(name: str, index: int, layer: object) -> tuple[StateSpec, 
     return tuple(found)
 
 
+def multimodal_rope_rows(model: PreTrainedModel) -> int | None:
+    """The number of rotary position rows (axes) of a model with multimodal rotary positions (M-RoPE: HF computes
+    them with `get_rope_index`), else None."""
+    inner = getattr(model, "model", model)
+    if not hasattr(model, "get_rope_index") and not hasattr(inner, "get_rope_index"):
+        return None
+    rope = getattr(model.config.get_text_config(decoder=True), "rope_parameters", None) or {}
+    sections = rope.get("mrope_section") if isinstance(rope, dict) else None
+    return len(sections) if isinstance(sections, (list, tuple)) and sections else 3
+
+
 def prefill_continues_from_state(model: PreTrainedModel) -> bool:
     """Whether the model's multi-token path continues exactly from a stored recurrent state.
 
@@ -273,6 +286,7 @@ class CausalLMForExport(nn.Module):
         self.layout = probe_cache_layout(model)
         self.continuous_batching = continuous_batching
         self.image_token_id = image_token_id
+        self.rope_rows = multimodal_rope_rows(model) if image_token_id is not None else None
         # width of `image_embeds`: the image features' (the language model's hidden size unless the model projects
         # the vision tower's output itself); set by QEFFAutoModelForImageTextToText from its vision encoder
         self.image_features_dim: int | None = None
@@ -324,6 +338,7 @@ class CausalLMForExport(nn.Module):
                 ids,
                 torch.arange(6).unsqueeze(0),
                 *([torch.zeros(1, 6, self.image_embeds_dim)] if self.image_token_id is not None else []),
+                *([torch.zeros(1, 6, self.rope_rows)] if self.rope_rows else []),
                 *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
                 *past,
             )[0]
@@ -346,6 +361,7 @@ class CausalLMForExport(nn.Module):
             "prefill_continues": self.prefill_continues,
             "image_token_id": self.image_token_id,
             "image_embeds_dim": self.image_embeds_dim if self.image_token_id is not None else None,
+            "rope_rows": self.rope_rows,
         }
 
     @property
@@ -366,6 +382,7 @@ class CausalLMForExport(nn.Module):
 
     def input_names(self) -> list[str]:
         names = ["input_ids", "position_ids"] + (["image_embeds"] if self.image_token_id is not None else [])
+        names += ["rope_offsets"] if self.rope_rows else []
         names += ["batch_index"] if self.continuous_batching else []
         return names + self.past_names()
 
@@ -434,6 +451,7 @@ class CausalLMForExport(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         rest = list(rest)
         image_embeds = rest.pop(0) if self.image_token_id is not None else None
+        rope_offsets = rest.pop(0) if self.rope_rows else None
         batch_index = rest.pop(0) if self.continuous_batching else None
         past = tuple(rest)
         per_layer = self._per_layer(past)
@@ -450,11 +468,14 @@ class CausalLMForExport(nn.Module):
             # the vision tower's `last_hidden_state`
             image = BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=_ImageFeatures([features]))
             multimodal["mm_encoder_outputs"] = {"image": image}
+        rope_positions = position_ids.clamp(min=0)
+        if rope_offsets is not None:  # [R, B, S]: each axis's rotary position
+            rope_positions = rope_positions.unsqueeze(0) + rope_offsets.permute(2, 0, 1).round().long()
         try:
             with self._implementations():
                 out = self.model(
                     input_ids=input_ids,
-                    position_ids=position_ids.clamp(min=0),
+                    position_ids=rope_positions,
                     attention_mask=mask,
                     cache=cache,
                     use_cache=True,

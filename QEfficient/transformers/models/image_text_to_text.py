@@ -412,8 +412,15 @@ class QEFFAutoModelForImageTextToText:
             raise ValueError(f"Prompt {index} has image tokens but no image was given.")
         return ids, image_inputs_of(encoded, self.hf_model) if image_list else {}
 
-    def token_features(self, ids: Sequence[int], features: np.ndarray | None, index: int = 0) -> dict[str, np.ndarray]:
-        """The language program's per-token `image_embeds` of one prompt: feature row k at the k-th image token."""
+    def token_features(
+        self,
+        ids: Sequence[int],
+        features: np.ndarray | None,
+        image_inputs: dict[str, np.ndarray] | None = None,
+        index: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """The language program's per-token inputs of one prompt: `image_embeds` (feature row k at the k-th image
+        token) and, for a model with multimodal rotary positions, `rope_offsets` (from HF's `get_rope_index`)."""
         ids = np.asarray(ids)
         positions = np.flatnonzero(ids == self.image_token_id)
         count = 0 if features is None else len(features)
@@ -425,7 +432,29 @@ class QEFFAutoModelForImageTextToText:
         embeds = np.zeros((len(ids), self.language.model.image_embeds_dim), dtype=np.float32)
         if count:
             embeds[positions] = features
-        return {"image_embeds": embeds}
+        inputs = {"image_embeds": embeds}
+        if self.language.model.rope_rows:
+            inputs["rope_offsets"] = self.rope_offsets(ids, image_inputs or {})
+        return inputs
+
+    def rope_offsets(self, ids: Sequence[int], image_inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """`[len(ids), R]`: each token's multimodal rotary position per axis minus its cache position, as HF's
+        `get_rope_index` computes the positions (text-only prompts: zeros)."""
+        rows = self.language.model.rope_rows
+        ids_array = np.asarray(ids, dtype=np.int64)
+        if not image_inputs:
+            return np.zeros((len(ids_array), rows), dtype=np.float32)
+        rope_index = getattr(self.hf_model, "get_rope_index", None) or self.hf_model.model.get_rope_index
+        accepted = inspect.signature(rope_index).parameters
+        input_ids = torch.from_numpy(ids_array)[None]
+        kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids)}
+        if "mm_token_type_ids" in accepted:  # 1 marks image tokens
+            kwargs["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
+        kwargs.update({n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n in accepted})
+        with torch.no_grad():
+            positions = rope_index(input_ids, **{k: v for k, v in kwargs.items() if k in accepted})[0]
+        offsets = positions[:, 0, :].T.numpy() - np.arange(len(ids_array))[:, None]
+        return offsets.astype(np.float32)
 
     def generate(
         self,
@@ -466,7 +495,7 @@ class QEFFAutoModelForImageTextToText:
             image_features = self.image_features(image_inputs) if image_inputs else None
             vision_s += time.perf_counter() - t0
             rows.append(ids)
-            features.append(self.token_features(ids, image_features, i))
+            features.append(self.token_features(ids, image_features, image_inputs, i))
         tokenizer = getattr(processor, "tokenizer", processor)
         generator = self.language.text_generator(tokenizer=tokenizer)
         sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -489,7 +518,7 @@ class QEFFAutoModelForImageTextToText:
         features = []
         for i, (ids, inputs) in enumerate(zip(input_ids, image_inputs)):
             image_features = self.image_features(inputs, runtime) if inputs else None
-            features.append(self.token_features(ids, image_features, i))
+            features.append(self.token_features(ids, image_features, inputs, i))
         generator = self.language.text_generator()
         out = generator.generate([list(map(int, ids)) for ids in input_ids], generation_len, token_features=features)
         return out.generated_ids

@@ -60,6 +60,10 @@ class QEFFTransformersBase(QEFFBaseModel):
 
     _hf_auto_class: ClassVar[Any] = AutoModel
     _pytorch_transforms: ClassVar[list[type[PytorchTransform] | PytorchTransform]] = [FloatTransform]
+    # (batch, length) of the traced example and of the check at another shape (`export`); inputs measured in
+    # something other than tokens (audio samples, feature frames) need other lengths
+    _export_shape: ClassVar[tuple[int, int]] = (2, 8)
+    _probe_shape: ClassVar[tuple[int, int]] = PROBE_SHAPE
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
@@ -153,14 +157,13 @@ class QEFFTransformersBase(QEFFBaseModel):
         (`graph_holds_any_shape`): a model whose Python code fixes shapes at trace time (a loop over the batch, a
         padding length computed in Python) then gets one static graph per compiled shape instead.
         """
-        output_axes = {0: "batch_size", 1: "seq_len"} if self.output_name == "last_hidden_state" else {0: "batch_size"}
+        example = self._example_batch(*self._export_shape)
         path = self._export(
-            self._example_batch(2, 8),
+            example,
             output_names=[self.output_name],
             dynamic_axes={
-                "input_ids": {0: "batch_size", 1: "seq_len"},
-                "attention_mask": {0: "batch_size", 1: "seq_len"},
-                self.output_name: output_axes,
+                **{name: {0: "batch_size", 1: "seq_len"} for name in example},  # every input: [batch, seq, ...]
+                self.output_name: self._output_axes(),
             },
             export_dir=export_dir,
             check=self._check_other_shape,
@@ -168,23 +171,35 @@ class QEFFTransformersBase(QEFFBaseModel):
         self.shape_check = dict(self.export_checks)
         return path
 
+    def _max_seq_len(self) -> int | None:
+        """The longest input the model takes, in the graph's length unit (tokens: its position embeddings), or None."""
+        return max_sequence_length(getattr(self.hf_model, "config", None))
+
+    def _output_axes(self) -> dict[int, str]:
+        """The exported output's dynamic axes."""
+        return {0: "batch_size", 1: "seq_len"} if self.output_name == "last_hidden_state" else {0: "batch_size"}
+
+    def _valid_outputs(self, values: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """The meaningful part of an output for `batch` (per-token outputs at unmasked positions), for comparisons."""
+        return values[batch["attention_mask"].numpy().astype(bool)] if values.ndim == 3 else values
+
     def _check_other_shape(self, paths: dict[str, Path]) -> dict[str, Any]:
-        """Run the dynamic graph at a batch and length unlike the traced (2, 8) and compare with PyTorch."""
-        limit = max_sequence_length(getattr(self.hf_model, "config", None)) or PROBE_SHAPE[1]
-        batch = self._example_batch(PROBE_SHAPE[0], min(PROBE_SHAPE[1], limit))
+        """Run the dynamic graph at a batch and length unlike the traced ones (`_probe_shape`, not `_export_shape`)
+        and compare with PyTorch."""
+        limit = self._max_seq_len() or self._probe_shape[1]
+        batch = self._example_batch(self._probe_shape[0], min(self._probe_shape[1], limit))
+        shape = tuple(next(iter(batch.values())).shape)
         try:
             with torch.no_grad():
                 expected = self.model(*batch.values()).numpy()
             session = ort.InferenceSession(str(next(iter(paths.values()))), providers=["CPUExecutionProvider"])
             got = session.run(None, {name: t.numpy() for name, t in batch.items()})[0]
-            mask = batch["attention_mask"].numpy().astype(bool)
-            if expected.ndim == 3:
-                got, expected = got[mask], expected[mask]
+            got, expected = self._valid_outputs(got, batch), self._valid_outputs(expected, batch)
             diff = float(np.max(np.abs(got - expected)))
             holds = diff <= 1e-3 * max(1.0, float(np.max(np.abs(expected))))
-            reason = f"max |diff| {diff:.3g} from PyTorch at shape {tuple(batch['input_ids'].shape)}"
+            reason = f"max |diff| {diff:.3g} from PyTorch at shape {shape}"
         except Exception as exc:  # noqa: BLE001 - any failure: the graph does not hold at that shape
-            holds, reason = False, f"{first_line(exc)} at shape {tuple(batch['input_ids'].shape)}"
+            holds, reason = False, f"{first_line(exc)} at shape {shape}"
         if not holds:
             logger.warning(
                 "%s's exported graph holds only at its traced shape (%s); each compiled shape gets its own static "
@@ -222,7 +237,7 @@ class QEFFTransformersBase(QEFFBaseModel):
         its longest input, as sentence-transformers does. Returns the program directory. Exports first if needed;
         a model whose graph holds only at its traced shape gets one static graph per pair.
         """
-        limit = max_sequence_length(getattr(self.hf_model, "config", None))
+        limit = self._max_seq_len()
         if seq_len is None:
             seq_len = sorted({min(s, limit) for s in DEFAULT_SEQ_LENS} if limit else DEFAULT_SEQ_LENS)
         batch_sizes = _as_sizes(batch_size, "batch_size")
@@ -257,7 +272,7 @@ class QEFFTransformersBase(QEFFBaseModel):
     @property
     def compiled_seq_lens(self) -> list[int]:
         """The compiled sequence lengths; a dynamic one counts as the model's maximum length."""
-        limit = max_sequence_length(getattr(self.hf_model, "config", None)) or DEFAULT_SEQ_LENS[-1]
+        limit = self._max_seq_len() or DEFAULT_SEQ_LENS[-1]
         return sorted({limit if spec["seq_len"] is None else spec["seq_len"] for spec in self._shapes()})
 
     @property
