@@ -16,7 +16,10 @@ _LAZY = {
     "QEFFBaseModel": "QEfficient.base.modeling_qeff",
     "QEFFAutoModel": "QEfficient.transformers.models.encoders",
     "QEFFAutoModelForCausalLM": "QEfficient.transformers.models.causal_lm",
+    "QEFFAutoModelForCTC": "QEfficient.transformers.models.speech_ctc",
     "QEFFAutoModelForSequenceClassification": "QEfficient.transformers.models.encoders",
+    "QEFFAutoModelForImageTextToText": "QEfficient.transformers.models.image_text_to_text",
+    "QEFFAutoModelForSpeechSeq2Seq": "QEfficient.transformers.models.speech_seq2seq",
     "QEFFTransformersBase": "QEfficient.transformers.models.modeling_auto",
     "validate": "QEfficient.validation",
 }
@@ -36,8 +39,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "QEFFAutoModel",
+    "QEFFAutoModelForCTC",
     "QEFFAutoModelForCausalLM",
+    "QEFFAutoModelForImageTextToText",
     "QEFFAutoModelForSequenceClassification",
+    "QEFFAutoModelForSpeechSeq2Seq",
     "QEFFBaseModel",
     "QEFFTransformersBase",
     "__version__",

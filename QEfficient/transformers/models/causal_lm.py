@@ -51,6 +51,25 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         self._exported_for: tuple[int, int | None] | None = None  # (ctx_len, prefill_seq_len of recurrent graphs)
         self.compile_config: dict[str, Any] = {}
 
+    @staticmethod
+    def _check_config(config: Any) -> None:
+        """A vision-language model that transformers does not load as a causal LM is sent to the image-text class."""
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        )
+
+        from QEfficient.transformers.models.registry import UnsupportedModelError
+
+        model_type = getattr(config, "model_type", "")
+        vision_language = model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        if vision_language and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise UnsupportedModelError(
+                f"{type(config).__name__} is a vision-language model: load it with "
+                "QEFFAutoModelForImageTextToText.from_pretrained(...) (QEFFAutoModelForCausalLM serves text-only "
+                "language models)."
+            )
+
     @classmethod
     def _init_kwargs(cls) -> tuple[str, ...]:
         return ("continuous_batching", "tokenizer")

@@ -482,7 +482,11 @@ class QEFFAutoModelForImageTextToText:
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompt_list:
             raise ValueError("generate() needs at least one prompt.")
-        per_prompt = [images] if len(prompt_list) == 1 else list(images or [None] * len(prompt_list))
+        nested = isinstance(images, (list, tuple)) and len(images) == 1 and isinstance(images[0], (list, tuple))
+        if len(prompt_list) == 1 and not nested:  # one prompt: an image or a list of images
+            per_prompt = [images]
+        else:  # one entry per prompt
+            per_prompt = list(images) if images is not None else [None] * len(prompt_list)
         if len(per_prompt) != len(prompt_list):
             raise ValueError(
                 f"Got {len(per_prompt)} image entries for {len(prompt_list)} prompts; give one per prompt."

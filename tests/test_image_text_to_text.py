@@ -1,0 +1,171 @@
+"""QEFFAutoModelForImageTextToText against HF `generate` on a tiny LLaVA saved with a real processor.
+
+The model is built from config classes in code (no download): a CLIP vision tower for 28x28 images, a Llama
+language model over the BERT tokenizer of all-MiniLM-L6-v2 with an `<image>` token added, and a LlavaProcessor with
+a small chat template. Every architecture family (LLaVA-NeXT, Gemma3, Mistral3, InternVL, Qwen2.5-VL's M-RoPE, ...)
+is checked by the sweep's CI slice (tests/test_sweep.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from QEfficient import QEFFAutoModelForCausalLM, QEFFAutoModelForImageTextToText
+from QEfficient.transformers.models.registry import UnsupportedModelError
+from QEfficient.utils.default_models import default_embedding_model
+
+IMAGE_SIZE = 28
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+GENERATION_LEN = 10
+
+
+def tiny_llava_processor() -> LlavaProcessor:
+    tokenizer = AutoTokenizer.from_pretrained(default_embedding_model())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's class token, which the "default" strategy drops
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_llava(processor: LlavaProcessor) -> LlavaForConditionalGeneration:
+    tokenizer = processor.tokenizer
+    text = AutoConfig.for_model(
+        "llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        pad_token_id=0,
+    )
+    vision = AutoConfig.for_model(
+        "clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=14,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def picture(seed: int, size: tuple[int, int] = (40, 50)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    processor = tiny_llava_processor()
+    model = tiny_llava(processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    qeff = QEFFAutoModelForImageTextToText.from_pretrained(folder)
+    qeff.compile(img_size=IMAGE_SIZE, prefill_seq_len=8, ctx_len=64, batch_size=2)
+    return model, processor, qeff
+
+
+def hf_answer(model, processor, images: list, prompt: str) -> list[int]:
+    """HF `generate` (greedy) on the processor's inputs for one chat prompt with its images."""
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=images or None, text=[text], return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=GENERATION_LEN, min_new_tokens=GENERATION_LEN, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_one_image_equals_hf(llava) -> None:
+    model, processor, qeff = llava
+    out = qeff.generate(images=picture(0), prompts="what is in the picture", generation_len=GENERATION_LEN)
+    assert out.generated_ids[0] == hf_answer(model, processor, [picture(0)], "what is in the picture")
+    assert out.perf_metrics.vision_s > 0
+    assert isinstance(out.generated_texts[0], str)
+
+
+def test_batch_and_several_images_per_prompt_equal_hf(llava) -> None:
+    """Two prompts in one batch: one with two images (prefill chunks cross the image tokens), one with none."""
+    model, processor, qeff = llava
+    images = [[picture(1), picture(2, (60, 30))], None]
+    prompts = ["compare these two pictures please", "a prompt without any image"]
+    out = qeff.generate(images=images, prompts=prompts, generation_len=GENERATION_LEN)
+    assert out.generated_ids[0] == hf_answer(model, processor, images[0], prompts[0])
+    assert out.generated_ids[1] == hf_answer(model, processor, [], prompts[1])
+
+
+def test_images_as_arrays_and_other_modes(llava) -> None:
+    """A uint8 array and a grayscale or RGBA image are converted to RGB, as the processor would do."""
+    model, processor, qeff = llava
+    array = np.asarray(picture(3))
+    gray = picture(4).convert("L")
+    out = qeff.generate(images=[[array, gray]], prompts=["describe"], generation_len=GENERATION_LEN)
+    assert out.generated_ids[0] == hf_answer(model, processor, [picture(3), gray.convert("RGB")], "describe")
+
+
+def test_bad_images_get_clear_errors(llava) -> None:
+    _, _, qeff = llava
+    with pytest.raises(ValueError, match="zero size"):
+        qeff.generate(images=Image.new("RGB", (0, 5)), prompts="hi")
+    with pytest.raises(ValueError, match=r"shape \(8, 8, 2\)"):
+        qeff.generate(images=np.zeros((8, 8, 2), dtype=np.uint8), prompts="hi")
+    with pytest.raises(TypeError, match="PIL image, a file path or a numpy array"):
+        qeff.generate(images=12, prompts="hi")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        qeff.generate(images="/nonexistent/picture.png", prompts="hi")
+
+
+def test_prompts_and_images_must_agree(llava) -> None:
+    _, _, qeff = llava
+    with pytest.raises(ValueError, match="no image token '<image>'"):
+        qeff.generate(images=picture(0), prompts="no placeholder here", chat=False)
+    with pytest.raises(ValueError, match="1 <image> tokens and 2 images"):
+        qeff.generate(images=[[picture(0), picture(1)]], prompts=["<image> one placeholder"], chat=False)
+    with pytest.raises(ValueError, match="no images were passed|image tokens but no image"):
+        qeff.generate(images=None, prompts="<image> a placeholder without its image", chat=False)
+    with pytest.raises(ValueError, match="2 image entries for 1 prompts|one per prompt"):
+        qeff.generate(images=[picture(0), picture(1)], prompts=["a", "b", "c"])
+
+
+def test_vision_program_is_compiled_for_one_geometry(llava) -> None:
+    _, _, qeff = llava
+    wrong = {"pixel_values": np.zeros((1, 3, 2 * IMAGE_SIZE, 2 * IMAGE_SIZE), dtype=np.float32)}
+    with pytest.raises(ValueError, match="compiled for image inputs"):
+        qeff.image_features(wrong)
+
+
+def test_causal_lm_class_points_to_the_image_text_class(llava, tmp_path) -> None:
+    model, _, _ = llava
+    model.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="QEFFAutoModelForImageTextToText"):
+        QEFFAutoModelForCausalLM.from_pretrained(tmp_path)
+
