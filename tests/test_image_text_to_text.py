@@ -8,6 +8,9 @@ is checked by the sweep's CI slice (tests/test_sweep.py).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +94,7 @@ def llava(tmp_path_factory):
     processor.save_pretrained(folder)
     qeff = QEFFAutoModelForImageTextToText.from_pretrained(folder)
     qeff.compile(img_size=IMAGE_SIZE, prefill_seq_len=8, ctx_len=64, batch_size=2)
+    qeff.folder = folder
     return model, processor, qeff
 
 
@@ -169,3 +173,19 @@ def test_causal_lm_class_points_to_the_image_text_class(llava, tmp_path) -> None
     with pytest.raises(UnsupportedModelError, match="QEFFAutoModelForImageTextToText"):
         QEFFAutoModelForCausalLM.from_pretrained(tmp_path)
 
+
+
+def test_qeff_infer_with_an_image(llava, tmp_path) -> None:
+    """`qeff infer --image` prints the same answer as HF `generate`."""
+    model, processor, qeff = llava
+    image_path = tmp_path / "picture.png"
+    picture(5).save(image_path)
+    command = [sys.executable, "-m", "QEfficient.cli.main", "infer", "--model", str(qeff.folder)]
+    command += ["--image", str(image_path), "--prompt", "what is this", "--generation-len", str(GENERATION_LEN)]
+    command += ["--prompt-len", "8", "--ctx-len", "64", "--img-size", str(IMAGE_SIZE)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected_ids = hf_answer(model, processor, [picture(5)], "what is this")
+    expected = processor.tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert f"answer: {expected.strip()}" in done.stdout
+    assert "vision" in done.stdout

@@ -39,6 +39,9 @@ PATCHES_PER_SIDE = 4  # tiny images: 4 x 4 patches
 # Values that must agree with the tiny image (PATCHES_PER_SIDE patches a side), per model type.
 IMAGE_OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma3": {"mm_tokens_per_image": 4},  # pooled 2 x 2 from the 4 x 4 patches
+    "shieldgemma2": {"mm_tokens_per_image": 4},
+    "paligemma": {"vision_config": {"projection_dim": 64}},  # the projector's output: the tiny text width
+    "vipllava": {"vision_feature_layers": [-2, -1]},  # layers of the 2-layer tiny tower
     "llama4": {"vision_config": {"intermediate_size": 256}},  # the pixel-shuffle MLP's input: 64 / 0.5**2
 }
 
@@ -85,6 +88,18 @@ def _uses_multimodal_rope(model_type: str) -> bool:
     return isinstance(name, str) and hasattr(getattr(transformers, name, None), "get_rope_index")
 
 
+def tiny_image_side(config: Any) -> int:
+    """The tiny image's side: the vision config's image size, else `PATCHES_PER_SIDE` merged patches."""
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if isinstance(size, int):
+        return size
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(vision, "spatial_merge_size", None) or 1
+    return PATCHES_PER_SIDE * patch * merge if isinstance(patch, int) else 64
+
+
 def _image_processor(model_type: str, config: Any) -> Any:
     """The model type's PIL image processor, sized for the tiny vision config; None when it has none."""
     from transformers.models.auto import image_processing_auto
@@ -97,17 +112,24 @@ def _image_processor(model_type: str, config: Any) -> Any:
     if processor_class is None:
         return None
     defaults = processor_class()
-    size = getattr(getattr(config, "vision_config", None), "image_size", None)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    if not isinstance(size, int):
-        return defaults
+    vision = getattr(config, "vision_config", None)
+    size = tiny_image_side(config)
+    # the processor's patching must be the tower's: patch, merge and temporal patch sizes from the vision config
+    patching = {
+        "patch_size": getattr(vision, "patch_size", None),
+        "merge_size": getattr(vision, "spatial_merge_size", None),
+        "temporal_patch_size": getattr(vision, "temporal_patch_size", None),
+    }
+    patching = {k: v for k, v in patching.items() if isinstance(v, int) and getattr(defaults, k, None) is not None}
+    if getattr(defaults, "do_image_splitting", None):  # Idefics3's tiles: one image is one tile here
+        patching["do_image_splitting"] = False
     sized = {}
     for attribute in ("size", "crop_size"):
         value = getattr(defaults, attribute, None)
         fields = value.items() if isinstance(value, dict) else vars(value).items() if value is not None else ()
         # edges become the tiny image's side; pixel counts (Qwen2-VL's min/max pixels) its area
         sized[attribute] = {k: size * size if v >= 3000 else size for k, v in fields if isinstance(v, int)}
-    processor = processor_class(**{k: v for k, v in sized.items() if v})
+    processor = processor_class(**{k: v for k, v in sized.items() if v}, **patching)
     return processor
 
 
@@ -119,9 +141,7 @@ def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> d
 
     processor = _image_processor(model_type, config)
     vision = getattr(config, "vision_config", None)
-    size = getattr(vision, "image_size", None)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    size = size if isinstance(size, int) else 64
+    size = tiny_image_side(config)
     if processor is None:
         channels = getattr(vision, "num_channels", 3) or 3
         generator = torch.Generator().manual_seed(0)
@@ -139,7 +159,7 @@ def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray
     encoder.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
     encoder.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
     with torch.no_grad():
-        return int(encoder(*(tensors[name] for name in encoder.input_names)).shape[0])
+        return int(encoder(*(tensors[name] for name in encoder.input_names))[0].shape[0])
 
 
 def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:

@@ -120,6 +120,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         if self.model.image_token_id is not None:  # one image token in the full row: the merge path is traced
             inputs["input_ids"][0, 1] = self.model.image_token_id
             inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_dim))
+            for name, shape in self.model.image_fields.items():
+                inputs[f"image_{name}"] = torch.zeros((batch, seq, *shape))
         if self.model.rope_rows:
             inputs["rope_offsets"] = torch.zeros((batch, seq, self.model.rope_rows))
         if self.continuous_batching:
@@ -128,7 +130,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             inputs[name] = torch.zeros(shape)
         tokens = {0: "batch_size", 1: "seq_len"} if dynamic_seq_len else {0: "batch_size"}
         axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": {0: "batch_size"}}
-        for name in ("image_embeds", "rope_offsets"):
+        for name in ("image_embeds", "rope_offsets", *(f"image_{name}" for name in self.model.image_fields)):
             if name in inputs:
                 axes[name] = tokens
         if self.continuous_batching:
@@ -222,6 +224,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         if self.model.image_token_id is None:
             return {}
         inputs = {"image_embeds": [self.model.image_embeds_dim]}
+        inputs.update({f"image_{name}": list(shape) for name, shape in self.model.image_fields.items()})
         return {**inputs, "rope_offsets": [self.model.rope_rows]} if self.model.rope_rows else inputs
 
     def text_generator(self, program: Any = None, tokenizer: Any = None):  # noqa: ANN201 - TextGenerator

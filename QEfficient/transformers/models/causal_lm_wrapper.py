@@ -273,6 +273,16 @@ class _ImageFeatures(list):
         return torch.cat(list(self)).shape
 
 
+class _ImageOutput(BaseModelOutputWithPooling):
+    """The vision output handed to HF: a field the vision encoder does not give (none are known before the vision
+    encoder is exported, e.g. while probing the language model with text) reads as an empty list."""
+
+    def __getattr__(self, name: str) -> list:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return []
+
+
 class CausalLMForExport(nn.Module):
     """A HF causal LM behind the fixed-shape, retained-state KV-cache contract."""
 
@@ -290,6 +300,9 @@ class CausalLMForExport(nn.Module):
         # width of `image_embeds`: the image features' (the language model's hidden size unless the model projects
         # the vision tower's output itself); set by QEFFAutoModelForImageTextToText from its vision encoder
         self.image_features_dim: int | None = None
+        # per-token fields of the vision output beside the features (Qwen3-VL's `deepstack_features`): name ->
+        # [L, H]; the graph takes each as `image_<name>` [B, S, L, H] and hands HF a list over L
+        self.image_fields: dict[str, tuple[int, ...]] = {}
         # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
         # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
         self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
@@ -338,6 +351,7 @@ class CausalLMForExport(nn.Module):
                 ids,
                 torch.arange(6).unsqueeze(0),
                 *([torch.zeros(1, 6, self.image_embeds_dim)] if self.image_token_id is not None else []),
+                *(torch.zeros(1, 6, *shape) for shape in self.image_fields.values()),
                 *([torch.zeros(1, 6, self.rope_rows)] if self.rope_rows else []),
                 *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
                 *past,
@@ -362,6 +376,7 @@ class CausalLMForExport(nn.Module):
             "image_token_id": self.image_token_id,
             "image_embeds_dim": self.image_embeds_dim if self.image_token_id is not None else None,
             "rope_rows": self.rope_rows,
+            "image_fields": dict(self.image_fields),
         }
 
     @property
@@ -382,6 +397,7 @@ class CausalLMForExport(nn.Module):
 
     def input_names(self) -> list[str]:
         names = ["input_ids", "position_ids"] + (["image_embeds"] if self.image_token_id is not None else [])
+        names += [f"image_{name}" for name in self.image_fields]
         names += ["rope_offsets"] if self.rope_rows else []
         names += ["batch_index"] if self.continuous_batching else []
         return names + self.past_names()
@@ -451,6 +467,7 @@ class CausalLMForExport(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor) -> tuple:
         rest = list(rest)
         image_embeds = rest.pop(0) if self.image_token_id is not None else None
+        image_fields = {name: rest.pop(0) for name in self.image_fields}
         rope_offsets = rest.pop(0) if self.rope_rows else None
         batch_index = rest.pop(0) if self.continuous_batching else None
         past = tuple(rest)
@@ -466,7 +483,11 @@ class CausalLMForExport(nn.Module):
             features = image_embeds[input_ids == self.image_token_id].to(past[0].dtype)
             # HF reads the projected features (`pooler_output`, a list per image) or, where it projects them itself,
             # the vision tower's `last_hidden_state`
-            image = BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=_ImageFeatures([features]))
+            image = _ImageOutput(last_hidden_state=features, pooler_output=_ImageFeatures([features]))
+            is_image = input_ids == self.image_token_id
+            for name, values in image_fields.items():  # [n, L, H] at the image tokens -> a list over L
+                rows = values[is_image].to(past[0].dtype)
+                setattr(image, name, [_ImageFeatures([rows[:, layer]]) for layer in range(rows.shape[1])])
             multimodal["mm_encoder_outputs"] = {"image": image}
         rope_positions = position_ids.clamp(min=0)
         if rope_offsets is not None:  # [R, B, S]: each axis's rotary position

@@ -137,9 +137,15 @@ class VisionEncoderForExport(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
         kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
         out = self.model.get_image_features(**kwargs, return_dict=True)
+        extras = extra_image_fields(out)
+        return (self._features(out), *extras.values())
+
+    @staticmethod
+    def _features(out: Any) -> torch.Tensor:
         # what the language model's merge reads: the projected per-image features (`pooler_output`), or, for a model
         # that projects inside its forward (Llama4), the vision tower's `last_hidden_state`
         features = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
@@ -147,6 +153,25 @@ class VisionEncoderForExport(nn.Module):
         if isinstance(features, (list, tuple)):
             features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
         return features.reshape(-1, features.shape[-1]).float()
+
+
+# Fields of a vision output that are not per-token features of the merge.
+_NOT_FEATURES = frozenset({"last_hidden_state", "pooler_output", "hidden_states", "attentions"})
+
+
+def extra_image_fields(out: Any) -> dict[str, torch.Tensor]:
+    """Per-token fields of a vision output beside the features, each `[N, L, H]`: lists over L layers of per-image
+    `[n_i, H]` tensors (or of `[N, H]` tensors), such as Qwen3-VL's `deepstack_features`, which the language model
+    adds to its hidden states at the image positions."""
+    fields = {}
+    items = out.items() if hasattr(out, "items") else ()
+    for name, value in items:
+        if name in _NOT_FEATURES or not isinstance(value, (list, tuple)) or not value:
+            continue
+        layers = [torch.cat(list(v)) if isinstance(v, (list, tuple)) else v for v in value]
+        if all(isinstance(layer, torch.Tensor) for layer in layers):
+            fields[name] = torch.stack([layer.reshape(-1, layer.shape[-1]) for layer in layers], dim=1).float()
+    return fields
 
 
 class QEFFVisionEncoder(QEFFBaseModel):
@@ -159,6 +184,7 @@ class QEFFVisionEncoder(QEFFBaseModel):
         self.example_shapes: dict[str, tuple[int, ...]] = {}
         self.geometry: dict[str, np.ndarray] = {}  # the integer image inputs the graph was exported for
         self.features_dim: int | None = None  # width of image_features, known once exported
+        self.extra_fields: dict[str, tuple[int, ...]] = {}  # per-token fields beside the features: name -> [L, H]
 
     @property
     def model_name(self) -> str:
@@ -175,8 +201,22 @@ class QEFFVisionEncoder(QEFFBaseModel):
         self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         self.geometry = {name: t.numpy() for name, t in self.model.geometry.items()}
         with torch.no_grad():
-            self.features_dim = int(self.model(*example.values()).shape[-1])
-        return self._export(example, ["image_features"], {}, export_dir)
+            outputs = self.model(*example.values())
+            extras = extra_image_fields(
+                self.model.model.get_image_features(**{**example, **self.model.geometry}, return_dict=True)
+            )
+        self.features_dim = int(outputs[0].shape[-1])
+        self.extra_fields = {name: tuple(value.shape[1:]) for name, value in extras.items()}
+        rows = {int(o.shape[0]) for o in outputs}
+        if len(rows) != 1:
+            raise UnsupportedModelError(
+                f"{self.model_name}'s vision output fields {list(extras)} do not have one row per image token."
+            )
+        return self._export(example, self.output_names, {}, export_dir)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["image_features", *(f"image_{name}" for name in self.extra_fields)]
 
     def compile(
         self,
@@ -190,8 +230,8 @@ class QEFFVisionEncoder(QEFFBaseModel):
             self.export(image_inputs=image_inputs)
         return self._compile({SINGLE_GRAPH: [{}]}, backend=backend, compile_dir=compile_dir, **backend_options)
 
-    def run(self, image_inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """`image_features [N, H]` for image inputs of the compiled geometry."""
+    def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`{"image_features": [N, H], "image_<field>": [N, L, H] ...}` for image inputs of the compiled geometry."""
         shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
         if shapes != self.example_shapes:
             raise ValueError(
@@ -206,16 +246,18 @@ class QEFFVisionEncoder(QEFFBaseModel):
                     "or resize the images."
                 )
         feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
-        return self.program.run(feed)["image_features"]
+        outputs = self.program.run(feed)
+        return {name: outputs[name] for name in self.output_names}
 
-    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The same features from the PyTorch module, for any image inputs (for validation)."""
+    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The same outputs from the PyTorch module, for any image inputs (for validation)."""
         module = VisionEncoderForExport(self.model.model)
         tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
         module.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
         module.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
         with torch.no_grad():
-            return module(*(tensors[name] for name in module.input_names)).numpy()
+            outputs = module(*(tensors[name] for name in module.input_names))
+        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
 
 
 class QEFFAutoModelForImageTextToText:
@@ -335,8 +377,9 @@ class QEFFAutoModelForImageTextToText:
             self.image_size = _size_pair(img_size) if img_size else None
             paths["vision"] = self.vision.compile(inputs, backend=backend, **backend_options)
         if not skip_lang:
-            if self.vision.onnx_path is not None:  # the features' width, which the language graph takes
+            if self.vision.onnx_path is not None:  # the features' width and extra fields, which the language takes
                 self.language.model.image_features_dim = self.vision.features_dim
+                self.language.model.image_fields = dict(self.vision.extra_fields)
             paths["language"] = self.language.compile(
                 prefill_seq_len, ctx_len, batch_size, full_batch_size, backend=backend, **backend_options
             )
@@ -344,8 +387,9 @@ class QEFFAutoModelForImageTextToText:
 
     # ---- running -------------------------------------------------------------------------------------
 
-    def image_features(self, image_inputs: dict[str, np.ndarray], runtime: str = "compiled") -> np.ndarray:
-        """`[N, H]` features of the images in `image_inputs` (a processor's output), in prompt order."""
+    def image_features(self, image_inputs: dict[str, np.ndarray], runtime: str = "compiled") -> dict[str, np.ndarray]:
+        """The vision outputs of the images in `image_inputs` (a processor's output), rows in prompt order:
+        `image_features [N, H]` and any extra per-token fields."""
         run = self.vision.run if runtime == "compiled" else self.vision.pytorch
         if runtime not in ("compiled", "pytorch"):
             raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
@@ -355,9 +399,9 @@ class QEFFAutoModelForImageTextToText:
             # the inputs are per image (leading dimension = images): run them in groups of the compiled count
             count = next(iter(shapes.values()))[0]
             step = self.num_images
-            return np.concatenate(
-                [run({n: np.asarray(v)[i : i + step] for n, v in image_inputs.items()}) for i in range(0, count, step)]
-            )
+            groups = range(0, count, step)
+            parts = [run({n: np.asarray(v)[i : i + step] for n, v in image_inputs.items()}) for i in groups]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         return run(image_inputs)
 
     def prepare(
@@ -415,7 +459,7 @@ class QEFFAutoModelForImageTextToText:
     def token_features(
         self,
         ids: Sequence[int],
-        features: np.ndarray | None,
+        features: dict[str, np.ndarray] | None,
         image_inputs: dict[str, np.ndarray] | None = None,
         index: int = 0,
     ) -> dict[str, np.ndarray]:
@@ -423,16 +467,16 @@ class QEFFAutoModelForImageTextToText:
         token) and, for a model with multimodal rotary positions, `rope_offsets` (from HF's `get_rope_index`)."""
         ids = np.asarray(ids)
         positions = np.flatnonzero(ids == self.image_token_id)
-        count = 0 if features is None else len(features)
+        count = 0 if features is None else len(features["image_features"])
         if len(positions) != count:
             raise ValueError(
                 f"Prompt {index} has {len(positions)} image tokens but its images give {count} image features: "
                 "each image needs its placeholder in the prompt (one per image), and no more."
             )
-        embeds = np.zeros((len(ids), self.language.model.image_embeds_dim), dtype=np.float32)
-        if count:
-            embeds[positions] = features
-        inputs = {"image_embeds": embeds}
+        shapes = self.language.token_inputs
+        inputs = {name: np.zeros((len(ids), *shape), dtype=np.float32) for name, shape in shapes.items()}
+        for name, values in (features or {}).items():  # image_features -> image_embeds; image_<field> as is
+            inputs["image_embeds" if name == "image_features" else name][positions] = values
         if self.language.model.rope_rows:
             inputs["rope_offsets"] = self.rope_offsets(ids, image_inputs or {})
         return inputs

@@ -1,0 +1,51 @@
+"""`qeff infer --image PATH --model VLM`: answer prompts about images with a vision-language model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def cmd_infer_image(args: argparse.Namespace, weights: dict[str, Any], prompts: list[str]) -> int:
+    """Load, compile (vision and language programs) and answer each prompt about the `--image` files."""
+    from QEfficient import QEFFAutoModelForImageTextToText
+    from QEfficient.utils.progress import progress
+
+    if not args.model:
+        print("qeff infer --image needs a vision-language model: --model PATH (with its processor).", file=sys.stderr)
+        return 2
+    if args.full_batch_size:
+        print("note: --full-batch-size is not used with --image; prompts run in rounds", file=sys.stderr)
+    with progress("Loading model"):
+        model = QEFFAutoModelForImageTextToText.from_pretrained(args.model)
+    if model.processor is None:
+        print(f"No processor was found with {args.model}; save the model's processor in that folder.", file=sys.stderr)
+        return 2
+    with progress("Compiling vision and language programs"):
+        programs = model.compile(
+            img_size=args.img_size,
+            prefill_seq_len=args.prompt_len,
+            ctx_len=args.ctx_len,
+            batch_size=args.batch_size,
+            num_images=len(args.image),
+            **weights,
+        )
+    images = [list(args.image)] * len(prompts) if len(prompts) > 1 else list(args.image)
+    out = model.generate(
+        images=images,
+        prompts=prompts if len(prompts) > 1 else prompts[0],
+        generation_len=args.generation_len,
+        chat=True if args.chat is None else args.chat,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_strings=args.stop,
+    )
+    for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
+        print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
+    print(f"{out.perf_metrics} | vision {out.perf_metrics.vision_s * 1000:.1f} ms")
+    print("programs: " + ", ".join(f"{name} {path}" for name, path in programs.items()))
+    return 0
