@@ -167,8 +167,10 @@ def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str,
 
     inputs = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
     input_ids = torch.tensor([ids])
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 marks image tokens (M-RoPE models)
-        inputs["mm_token_type_ids"] = (input_ids == image_token_id(model.config)).int()
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("mm_token_type_ids", "token_type_ids"):  # 1 marks image tokens, as the processors make them
+        if name in parameters:
+            inputs[name] = (input_ids == image_token_id(model.config)).int()
     with torch.no_grad():
         out = model.generate(
             input_ids=input_ids,

@@ -328,7 +328,11 @@ SLIDING_LAYER_TYPES = ("sliding_attention", "hybrid_sliding", "reference_sliding
 
 
 def attention_masks(
-    position_ids: torch.Tensor, ctx_len: int, dtype: torch.dtype, windows: dict[str, int] | None = None
+    position_ids: torch.Tensor,
+    ctx_len: int,
+    dtype: torch.dtype,
+    windows: dict[str, int] | None = None,
+    blocks: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Additive masks `[B, 1, S, ctx_len]` from `position_ids`: 0 where slot j may be read, dtype-min elsewhere.
 
@@ -338,10 +342,20 @@ def attention_masks(
     "chunked_attention" (C) needs j in p's chunk,
     j // C == p // C. Padding (p < 0) reads nothing useful but keeps slot 0 open so no row is fully masked
     (its output is never used).
+
+    `blocks` `[B, S]` (block id per token of this step, -1 for none) adds bidirectional blocks: a token also reads the
+    slots of the tokens of its own block in this step, later ones included (Gemma3's images attend to themselves
+    bidirectionally; the windowed kinds keep their window on top).
     """
     slots = torch.arange(ctx_len, device=position_ids.device).view(1, 1, 1, ctx_len)
     pos = position_ids[:, None, :, None]
     allowed = (slots <= pos) | (slots == 0)
+    if blocks is not None:
+        same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0) & (position_ids[:, None, :] >= 0)
+        index = position_ids.clamp(min=0)[:, None, :].expand(-1, position_ids.shape[1], -1)
+        reads = torch.zeros((*position_ids.shape, ctx_len), dtype=dtype, device=position_ids.device)
+        reads = reads.scatter_add(2, index, same.to(dtype))  # [B, S, ctx_len]: > 0 where a block-mate sits
+        allowed = allowed | (reads[:, None] > 0)
     padding_slot = (pos < 0) & (slots == 0)
     minimum = torch.finfo(dtype).min
     zero = torch.zeros((), dtype=dtype)

@@ -20,7 +20,7 @@ A model with multimodal rotary positions (Qwen2-VL's M-RoPE: R position rows, on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -210,6 +210,18 @@ def _recurrent_states(name: str, index: int, layer: object) -> tuple[StateSpec, 
     return tuple(found)
 
 
+def bidirectional_image_blocks(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """HF's `get_block_sequence_ids_for_mask(token_type_ids)` for a model whose image tokens attend to their whole
+    image bidirectionally (Gemma3: the module defines the function and the model takes `token_type_ids`), else
+    None."""
+    import inspect
+    import sys
+
+    function = getattr(sys.modules.get(type(model).__module__), "get_block_sequence_ids_for_mask", None)
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    return function if callable(function) and takes_types else None
+
+
 def multimodal_rope_rows(model: PreTrainedModel) -> int | None:
     """The number of rotary position rows (axes) of a model with multimodal rotary positions (M-RoPE: HF computes
     them with `get_rope_index`), else None."""
@@ -297,6 +309,7 @@ class CausalLMForExport(nn.Module):
         self.continuous_batching = continuous_batching
         self.image_token_id = image_token_id
         self.rope_rows = multimodal_rope_rows(model) if image_token_id is not None else None
+        self.image_blocks = bidirectional_image_blocks(model) if image_token_id is not None else None
         # width of `image_embeds`: the image features' (the language model's hidden size unless the model projects
         # the vision tower's output itself); set by QEFFAutoModelForImageTextToText from its vision encoder
         self.image_features_dim: int | None = None
@@ -376,6 +389,7 @@ class CausalLMForExport(nn.Module):
             "image_token_id": self.image_token_id,
             "image_embeds_dim": self.image_embeds_dim if self.image_token_id is not None else None,
             "rope_rows": self.rope_rows,
+            "bidirectional_image_blocks": self.image_blocks is not None,
             "image_fields": dict(self.image_fields),
         }
 
@@ -442,13 +456,16 @@ class CausalLMForExport(nn.Module):
             per_layer.append(LayerBuffers(kv, {(kind, index): next(buffers) for kind, index, _ in states}))
         return per_layer
 
-    def _masks(self, position_ids: torch.Tensor, ctx_len: int | None, dtype: torch.dtype) -> torch.Tensor | dict:
+    def _masks(
+        self, position_ids: torch.Tensor, ctx_len: int | None, dtype: torch.dtype, blocks: torch.Tensor | None = None
+    ) -> torch.Tensor | dict:
         """The `attention_mask` argument: 4-D masks from `position_ids` (one, or a dict by layer type), and for
-        recurrent layers the 2-D padding mask HF's mixers multiply into their input (docs/recurrent_state.md)."""
+        recurrent layers the 2-D padding mask HF's mixers multiply into their input (docs/recurrent_state.md).
+        `blocks`: bidirectional image blocks (`attention_masks`)."""
         padding = (position_ids >= 0).to(dtype)
         if not self.layout.has_attention:  # pure state-space models take the 2-D mask
             return padding
-        masks = attention_masks(position_ids, ctx_len, dtype, dict(self.layout.windows))
+        masks = attention_masks(position_ids, ctx_len, dtype, dict(self.layout.windows), blocks)
         if not self.layout.masks_by_layer_type:  # one mask for every layer: the windowed kind if the model has one
             return next((masks[t] for t, _ in self.layout.windows), masks["full_attention"])
         if not self.layout.has_recurrent_state:
@@ -476,7 +493,10 @@ class CausalLMForExport(nn.Module):
         # Recurrent layers: one token (decode), or a prefill chunk that continues, start from their input state.
         previous_state = input_ids.shape[1] == 1 or self.prefill_continues
         cache = FixedCache(per_layer, position_ids, batch_index, previous_state)
-        mask = self._masks(position_ids, ctx_len, past[0].dtype)
+        blocks = None
+        if self.image_blocks is not None:  # HF's own block ids of the image tokens (token type 1) of this step
+            blocks = self.image_blocks((input_ids == self.image_token_id).long())
+        mask = self._masks(position_ids, ctx_len, past[0].dtype, blocks)
         self._last_index = position_ids.argmax(dim=1)
         multimodal = {}
         if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way

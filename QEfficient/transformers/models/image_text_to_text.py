@@ -10,8 +10,7 @@ Two programs by default (`kv_offload=True`, as the reference system does):
   image token's embedding (zeros for the other tokens). The graph hands HF the features at its image-token
   positions as `mm_encoder_outputs`, so HF merges them into the input embeddings exactly as its `generate` does.
 
-`kv_offload=False` puts both in one program: its prefill graph runs the vision encoder and the language model
-together (a prompt's image tokens then fit one prefill chunk), its decode graph is the language model alone.
+`kv_offload=False` (one program holding both, the reference system's single-QPC mode) is not implemented yet.
 
 Any model whose HF class takes `mm_encoder_outputs` (81 of transformers' 100 image-text-to-text architectures)
 goes through the same code; nothing here is specific to one architecture.
@@ -70,6 +69,13 @@ def check_image_text_supported(model: nn.Module) -> None:
         )
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder language models are supported.")
+    from QEfficient.transformers.models.causal_lm_wrapper import bidirectional_image_blocks
+
+    if "token_type_ids" in forward and bidirectional_image_blocks(model) is None:
+        raise UnsupportedModelError(
+            f"{name} reads `token_type_ids` to change its attention (a prefix attended bidirectionally); the masks "
+            "implement causal attention and Gemma3's bidirectional image blocks."
+        )
     image_token_id(model.config)
 
 
@@ -286,6 +292,12 @@ class QEFFAutoModelForImageTextToText:
         pretrained_model_name_or_path: str | None = None,
     ) -> None:
         check_image_text_supported(model)
+        if not kv_offload:
+            raise ValueError(
+                "kv_offload=False (the vision encoder inside the language program) is not implemented yet; use "
+                "kv_offload=True (the default): the vision and language programs run in one process and give the "
+                "same tokens."
+            )
         prepare_for_export(model)
         self.kv_offload = kv_offload
         self.processor = processor
@@ -368,8 +380,6 @@ class QEFFAutoModelForImageTextToText:
         run on the compiled vision program one at a time where the inputs are per image (so a prompt may hold any
         number of them), else together.
         """
-        if not self.kv_offload:
-            raise NotImplementedError("kv_offload=False: see QEFFAutoModelForImageTextToText.compile_single.")
         paths: dict[str, Path] = {}
         if not skip_vision:
             inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
@@ -468,6 +478,7 @@ class QEFFAutoModelForImageTextToText:
         ids = np.asarray(ids)
         positions = np.flatnonzero(ids == self.image_token_id)
         count = 0 if features is None else len(features["image_features"])
+        self._check_blocks_fit_chunks(positions, index)
         if len(positions) != count:
             raise ValueError(
                 f"Prompt {index} has {len(positions)} image tokens but its images give {count} image features: "
@@ -480,6 +491,21 @@ class QEFFAutoModelForImageTextToText:
         if self.language.model.rope_rows:
             inputs["rope_offsets"] = self.rope_offsets(ids, image_inputs or {})
         return inputs
+
+    def _check_blocks_fit_chunks(self, positions: np.ndarray, index: int) -> None:
+        """A model whose images attend to themselves bidirectionally (Gemma3) needs each image's tokens in one
+        prefill chunk: a token cannot read the keys of a later chunk."""
+        chunk = self.language.compile_config.get("prefill_seq_len")
+        if self.language.model.image_blocks is None or not len(positions) or not chunk:
+            return
+        starts = np.flatnonzero(np.diff(positions, prepend=-2) != 1)
+        for first, last in zip(positions[starts], positions[np.r_[starts[1:] - 1, len(positions) - 1]]):
+            if first // chunk != last // chunk:
+                raise ValueError(
+                    f"Prompt {index}: {self.model_name}'s image tokens attend to their whole image, so an image must "
+                    f"lie in one prefill chunk; tokens {first}..{last} cross a chunk boundary of prefill_seq_len "
+                    f"{chunk}. Compile with a prefill_seq_len that holds the prompt (e.g. {-(-(last + 1) // 64) * 64})."
+                )
 
     def rope_offsets(self, ids: Sequence[int], image_inputs: dict[str, np.ndarray]) -> np.ndarray:
         """`[len(ids), R]`: each token's multimodal rotary position per axis minus its cache position, as HF's
