@@ -118,7 +118,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "position_ids": torch.tensor([first, padded if seq > 1 else [-1]], dtype=torch.int64),
         }
         if self.model.image_token_id is not None:  # one image token in the full row: the merge path is traced
-            inputs["input_ids"][0, 1] = self.model.image_token_id
+            inputs["input_ids"][0, min(1, seq - 1)] = self.model.image_token_id
             inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_dim))
             for name, shape in self.model.image_fields.items():
                 inputs[f"image_{name}"] = torch.zeros((batch, seq, *shape))

@@ -284,6 +284,9 @@ class _ImageFeatures(list):
     def shape(self) -> torch.Size:
         return torch.cat(list(self)).shape
 
+    def numel(self) -> int:
+        return sum(t.numel() for t in self)
+
 
 class _ImageOutput(BaseModelOutputWithPooling):
     """The vision output handed to HF: a field the vision encoder does not give (none are known before the vision

@@ -18,11 +18,12 @@ goes through the same code; nothing here is specific to one architecture.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -146,7 +147,8 @@ class VisionEncoderForExport(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
         kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
-        out = self.model.get_image_features(**kwargs, return_dict=True)
+        with eager_vision_attention(self.model):
+            out = self.model.get_image_features(**kwargs, return_dict=True)
         extras = extra_image_fields(out)
         return (self._features(out), *extras.values())
 
@@ -159,6 +161,26 @@ class VisionEncoderForExport(nn.Module):
         if isinstance(features, (list, tuple)):
             features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
         return features.reshape(-1, features.shape[-1]).float()
+
+
+@contextlib.contextmanager
+def eager_vision_attention(model: nn.Module) -> Iterator[None]:
+    """Eager attention in the vision tower (every sub-config but the text one) for the duration of the block: it
+    traces to plain ops everywhere (sdpa with grouped heads does not export), with the same arithmetic."""
+    text = model.config.get_text_config(decoder=True)
+    configs = [
+        c
+        for name in getattr(model.config, "sub_configs", {})
+        if (c := getattr(model.config, name, None)) is not None and c is not text and hasattr(c, "_attn_implementation")
+    ]
+    saved = [c._attn_implementation for c in configs]
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        for config, value in zip(configs, saved):
+            config._attn_implementation = value
 
 
 # Fields of a vision output that are not per-token features of the merge.
