@@ -4,7 +4,8 @@ The wrappers (`CausalLMForExport`, `ClassifierForExport`) run the user's HF mode
 a mixture-of-experts implementation and an adapter that export well, and put the model back as it was
 after every call: the HF model stays the untouched reference that validation compares against. One more
 shim makes HF code that assumes eager, 2-D-mask execution traceable, again only for the duration of a call:
-`alibi_from_4d_masks`. (Tracer patches that every export needs are in `QEfficient/base/export_patches.py`.)
+`alibi_from_4d_masks`; and `exportable_deepstack` replaces a boolean-mask update that the exporter cannot
+generalise. (Tracer patches that every export needs are in `QEfficient/base/export_patches.py`.)
 """
 
 from __future__ import annotations
@@ -79,3 +80,30 @@ def alibi_from_4d_masks(model: nn.Module) -> Iterator[None]:
     finally:
         for mod, build in patched:
             mod.build_alibi_tensor = build
+
+
+def _gathered_deepstack_process(
+    self: nn.Module, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor, visual_embeds: torch.Tensor
+) -> torch.Tensor:
+    """HF's `_deepstack_process` (add a deepstack feature row at each visual position, in order) with a gather and
+    a `where` instead of boolean-mask indexing, which the exporter records for the traced shape only. Same sums."""
+    mask = visual_pos_masks.to(hidden_states.device)
+    rows = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    rows = torch.cat([rows, rows.new_zeros((1, rows.shape[-1]))])  # a row to read where there is no visual token
+    index = (mask.reshape(-1).long().cumsum(0) - 1).clamp(min=0)
+    added = rows[index].reshape(hidden_states.shape)
+    return hidden_states + torch.where(mask[..., None], added, torch.zeros_like(added))
+
+
+@contextlib.contextmanager
+def exportable_deepstack(model: nn.Module) -> Iterator[None]:
+    """Modules with HF's `_deepstack_process` (Qwen3-VL and its family) use `_gathered_deepstack_process`, for one
+    call."""
+    patched = [m for m in model.modules() if callable(getattr(type(m), "_deepstack_process", None))]
+    for module in patched:
+        module._deepstack_process = _gathered_deepstack_process.__get__(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module._deepstack_process

@@ -45,6 +45,7 @@ from QEfficient.transformers.cache_utils import (
 from QEfficient.transformers.implementations import (
     alibi_from_4d_masks,
     applied,
+    exportable_deepstack,
     exportable_experts,
 )
 from QEfficient.transformers.models.adapters import NOT_SUPPORTED, adapter_for
@@ -373,6 +374,16 @@ class CausalLMForExport(nn.Module):
                 *past,
             )[0]
 
+    def _own_embedding_where_no_image(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """`image_embeds` with the token's own embedding in the rows that carry no image feature (all zeros): a
+        generated token that happens to be the image token (HF passes no image features after the prompt) keeps
+        its embedding, as in HF, instead of a zero feature. Only where the features replace token embeddings."""
+        embeddings = self.model.get_input_embeddings()
+        if self.image_embeds_dim != embeddings.weight.shape[1]:
+            return image_embeds
+        own = embeddings(input_ids.clamp(0, embeddings.weight.shape[0] - 1)).to(image_embeds.dtype)
+        return torch.where(image_embeds.ne(0).any(-1, keepdim=True), image_embeds, own)
+
     @property
     def image_embeds_dim(self) -> int:
         """Width of `image_embeds`: the image features' (by default the language model's hidden size, as the
@@ -431,6 +442,7 @@ class CausalLMForExport(nn.Module):
         with (
             applied(self.model, self.attention, self.experts, self.adapter),
             alibi_from_4d_masks(self.model),
+            exportable_deepstack(self.model),
         ):
             yield
 
@@ -503,7 +515,8 @@ class CausalLMForExport(nn.Module):
         self._last_index = position_ids.argmax(dim=1)
         multimodal = {}
         if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
-            features = image_embeds[input_ids == self.image_token_id].to(past[0].dtype)
+            features = self._own_embedding_where_no_image(input_ids, image_embeds)[input_ids == self.image_token_id]
+            features = features.to(past[0].dtype)
             # HF reads the projected features (`pooler_output`, a list per image) or, where it projects them itself,
             # the vision tower's `last_hidden_state`
             image = _ImageOutput(last_hidden_state=features, pooler_output=_ImageFeatures([features]))
