@@ -69,7 +69,10 @@ def tiny_image_config(model_type: str):  # noqa: ANN201 - PreTrainedConfig
         # M-RoPE models read a default sized for their full head when the config names no sections
         from QEfficient.sweep.tiny_configs import HEAD_DIM
 
-        sections = [HEAD_DIM // 2 - 2 * (HEAD_DIM // 8), HEAD_DIM // 8, HEAD_DIM // 8]
+        text = config.get_text_config(decoder=True)
+        factor = _text_rope(config).get("partial_rotary_factor", getattr(text, "partial_rotary_factor", 1.0)) or 1.0
+        pairs = int(HEAD_DIM * factor) // 2  # rotary pairs of the tiny head
+        sections = [pairs - 2 * (pairs // 4), pairs // 4, pairs // 4]
         overrides["text_config"] = {"rope_parameters": {**_text_rope(config), "mrope_section": sections}}
     return tiny_config(model_type, **overrides) if overrides else config
 
@@ -86,6 +89,18 @@ def _uses_multimodal_rope(model_type: str) -> bool:
 
     name = MODEL_MAPPING_NAMES.get(model_type)
     return isinstance(name, str) and hasattr(getattr(transformers, name, None), "get_rope_index")
+
+
+def _processor_family(model_type: str) -> str | None:
+    """The model type whose folder defines `model_type`'s processor class, e.g. "qwen3_vl" for "qwen3_vl_moe"."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    processor_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    if processor_class is None:
+        return None
+    return processor_class.__module__.split(".")[-2]
 
 
 def tiny_image_side(config: Any) -> int:
@@ -105,6 +120,8 @@ def _image_processor(model_type: str, config: Any) -> Any:
     from transformers.models.auto import image_processing_auto
 
     names = image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    if names is None:  # a model type that shares its family's processor (Qwen3-VL-MoE uses Qwen3-VL's)
+        names = image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(_processor_family(model_type) or "")
     name = names.get("pil") if isinstance(names, dict) else None
     if name is None:
         return None
