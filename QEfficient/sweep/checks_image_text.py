@@ -65,6 +65,9 @@ def tiny_image_config(model_type: str):  # noqa: ANN201 - PreTrainedConfig
     if getattr(vision, "window_size", None) and isinstance(patch, int):  # Qwen2.5-VL's window, in pixels
         merge = getattr(vision, "spatial_merge_size", 1) or 1
         overrides["vision_config"] = {**overrides.get("vision_config", {}), "window_size": 2 * patch * merge}
+    for name in ("image_token_id", "image_token_index"):
+        if hasattr(config, name) and getattr(config, name) is None:  # left to the checkpoint: give it one
+            overrides[name] = VOCAB - 11
     if _uses_multimodal_rope(model_type) and "mrope_section" not in (_text_rope(config) or {"mrope_section": 0}):
         # M-RoPE models read a default sized for their full head when the config names no sections
         from QEfficient.sweep.tiny_configs import HEAD_DIM
