@@ -144,7 +144,7 @@ def _image_processor(model_type: str, config: Any) -> Any:
     if getattr(defaults, "do_image_splitting", None):  # Idefics3's tiles: one image is one tile here
         patching["do_image_splitting"] = False
     sized = {}
-    for attribute in ("size", "crop_size"):
+    for attribute in ("size", "crop_size", "max_image_size"):
         value = getattr(defaults, attribute, None)
         fields = value.items() if isinstance(value, dict) else vars(value).items() if value is not None else ()
         # edges become the tiny image's side; pixel counts (Qwen2-VL's min/max pixels) its area
