@@ -80,7 +80,7 @@ def validate(
     sentences: Sequence[str] | Sequence[Sequence[int]] = DEFAULT_SENTENCES,
     tokenizer: Any = None,
     seq_len: int | Sequence[int] | None = None,
-    atol: float = 1e-5,
+    atol: float | None = None,
     **from_pretrained_kwargs: Any,
 ) -> ValidationReport:
     """Compare HF PyTorch, QEfficient's transformed PyTorch, ONNX Runtime and the compiled program.
@@ -88,7 +88,8 @@ def validate(
     `model` is a QEfficient model or a path/hub id. Encoders (`QEFFAutoModel`, loaded with
     `from_pretrained(model, **from_pretrained_kwargs)`, e.g. `pooling="mean"`) compare embeddings or
     hidden states within `atol`, and sequence classifiers (`QEFFAutoModelForSequenceClassification`) their
-    logits; causal LMs go to `validate_causal_lm` (exact greedy tokens; `sentences` are the prompts).
+    logits; causal LMs go to `validate_causal_lm` (exact greedy tokens; `sentences` are the prompts), CTC speech
+    models to `validate_ctc` (logits on synthetic clips, `atol` default 1e-4). `atol` defaults to 1e-5.
 
     `sentences` are strings (through the tokenizer) or lists of token ids (no tokenizer needed; the batch is
     right-padded with the model's pad id). A stage that raises is recorded as failed, with the first line
@@ -100,7 +101,11 @@ def validate(
         QEFFTransformersBase,
     )
     from QEfficient.transformers.models.registry import is_encoder
+    from QEfficient.transformers.models.speech_ctc import QEFFAutoModelForCTC
 
+    if isinstance(model, QEFFAutoModelForCTC) or (not isinstance(model, QEFFTransformersBase) and is_ctc(model)):
+        return validate_ctc(model, seq_len=seq_len, atol=atol or 1e-4, **from_pretrained_kwargs)
+    atol = 1e-5 if atol is None else atol
     if not isinstance(model, QEFFTransformersBase):
         if is_encoder(model, from_pretrained_kwargs.get("gguf_file")):
             model = QEFFAutoModel.from_pretrained(model, **from_pretrained_kwargs)
@@ -300,3 +305,293 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def default_ctc_audio(sampling_rate: int = 16000) -> list[np.ndarray]:
+    """Two fixed synthetic clips (0.55 s and 1.3 s: tones with a glide and a little noise), float32 in [-1, 1]."""
+    generator = np.random.default_rng(2024)
+    clips = []
+    for seconds, base in ((0.55, 220.0), (1.3, 330.0)):
+        t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+        tone = 0.4 * np.sin(2 * np.pi * (base + 200 * t) * t) + 0.2 * np.sin(2 * np.pi * 3 * base * t)
+        clips.append((tone + 0.05 * generator.standard_normal(t.size)).astype(np.float32))
+    return clips
+
+
+def validate_ctc(
+    model: Any,
+    audio: Sequence[Any] | None = None,
+    sampling_rate: int | None = None,
+    inputs: Sequence[np.ndarray] | None = None,
+    seq_len: int | Sequence[int] | None = None,
+    atol: float = 1e-4,
+    **from_pretrained_kwargs: Any,
+) -> ValidationReport:
+    """CTC logits of HF PyTorch (each clip alone, unpadded), the transformed PyTorch model and the exported graph in
+    ONNX Runtime (the clips as one right-padded batch), and the compiled program (the batch, and each clip alone,
+    on the smallest compiled length that fits); every stage within `atol` of HF at each clip's valid frames.
+
+    `model` is a `QEFFAutoModelForCTC` or a path. `audio`: clips (WAV paths or 1-D samples at `sampling_rate`), through
+    `model.prepare` (resampling, feature extractor); default `default_ctc_audio()`. Or `inputs`: the model's own
+    unpadded inputs (1-D samples or [T, F] feature frames). When the model is not compiled yet, it is compiled for
+    lengths a little above each clip's (`seq_len` to choose), so that every clip runs padded.
+    """
+    from QEfficient.transformers.models.speech_ctc import QEFFAutoModelForCTC
+
+    if not isinstance(model, QEFFAutoModelForCTC):
+        model = QEFFAutoModelForCTC.from_pretrained(model, **from_pretrained_kwargs)
+    report = ValidationReport(model=model.model_name, atol=atol)
+    try:
+        if inputs is None:
+            clips = default_ctc_audio(model.sampling_rate) if audio is None else audio
+            rate = model.sampling_rate if audio is None else sampling_rate
+            inputs = model.prepare(list(clips), rate)
+        rows = [np.asarray(x, dtype=np.float32) for x in inputs]
+        if not rows or any(len(r) == 0 for r in rows):
+            raise ValueError("validate_ctc() needs at least one non-empty clip.")
+    except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+        report.stages.append(StageResult("inputs", float("inf"), (), False, error=first_line(exc, limit=300)))
+        return report
+    longest = max(len(r) for r in rows)
+    values = np.zeros((len(rows), longest, *rows[0].shape[1:]), np.float32)
+    mask = np.zeros((len(rows), longest), np.int64)
+    for i, row in enumerate(rows):
+        values[i, : len(row)], mask[i, : len(row)] = row, 1
+    frames = model.output_lengths([len(r) for r in rows])
+    reference: list[np.ndarray] = []
+
+    def add(stage: str, run: Any) -> bool:
+        try:
+            got = run()
+            if not reference:
+                reference.extend(got)
+            diff = max(float(np.max(np.abs(g[: len(r)] - r))) for g, r in zip(got, reference))
+            if any(len(g) < len(r) for g, r in zip(got, reference)):
+                raise ValueError(f"fewer frames than HF: {[len(g) for g in got]} vs {[len(r) for r in reference]}")
+        except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+            report.stages.append(StageResult(stage, float("inf"), (), False, error=first_line(exc, limit=300)))
+            return False
+        shape = (len(rows), int(max(frames)), int(reference[0].shape[-1]))
+        report.stages.append(StageResult(stage, diff, shape, bool(diff <= atol)))
+        return True
+
+    def hf() -> list[np.ndarray]:
+        return [model.hf_reference(row)[0].numpy() for row in rows]
+
+    def trimmed(batch_logits: np.ndarray) -> list[np.ndarray]:
+        return [row[: int(n)] for row, n in zip(batch_logits, frames)]
+
+    def pytorch() -> list[np.ndarray]:
+        return trimmed(model.generate({model.layout.name: values, "attention_mask": mask}, runtime="pytorch")["logits"])
+
+    def onnx_runtime() -> list[np.ndarray]:
+        onnx_path = model.onnx_paths.get(SINGLE_GRAPH) or model.export()
+        if not model.graph_holds_any_shape:
+            onnx_path = model.export_static([values.shape[:2]])[f"b{values.shape[0]}_s{values.shape[1]}"]
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        return trimmed(session.run(None, {model.layout.name: values, "attention_mask": mask})[0])
+
+    def compiled() -> list[np.ndarray]:
+        if model._program is None:
+            step = 1024 if model.layout.raw_audio else 16
+            lengths = seq_len or sorted({(len(r) // step + 1) * step for r in rows})
+            model.compile(seq_len=lengths, batch_size=sorted({1, len(rows)}))
+        together = trimmed(model.generate({model.layout.name: values, "attention_mask": mask})["logits"])
+        alone = [model.generate({model.layout.name: row})["logits"][0] for row in rows]
+        # the worse of the two runs of each clip: padded in the batch, and on its own smallest compiled length
+        return [
+            max((a, b), key=lambda x, r=r: float(np.max(np.abs(x[: len(r)] - r))))
+            for a, b, r in zip(together, alone, reference)
+        ]
+
+    for stage, run in (
+        ("HF PyTorch", hf),
+        ("transformed PyTorch", pytorch),
+        ("ONNX Runtime", onnx_runtime),
+        ("compiled program", compiled),
+    ):
+        if not add(stage, run):
+            break
+    return report
+
+
+def is_speech_seq2seq(model: Any) -> bool:
+    """Whether a model path (or hub id in the HF cache) holds a speech-to-text encoder-decoder (Whisper, ...): a model
+    type of transformers' speech-seq2seq mapping."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError):
+        return False
+    return getattr(config, "model_type", None) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+
+def validate_speech_seq2seq(
+    model: Any,
+    audio: Sequence[Any] | None = None,
+    sampling_rate: int | None = None,
+    generation_len: int = 24,
+    ctx_len: int | None = None,
+    inputs: np.ndarray | None = None,
+    **from_pretrained_kwargs: Any,
+) -> ValidationReport:
+    """Greedy tokens of HF `generate`, the transformed PyTorch model, the exported graphs in ONNX Runtime and the
+    compiled program, per clip; every stage must equal HF exactly.
+
+    `model` is a `QEFFAutoModelForSpeechSeq2Seq` or a path. `audio`: clips (WAV paths or 1-D samples at
+    `sampling_rate`) that each fit the model's window; default `default_ctc_audio()` (two synthetic clips). Or
+    `inputs`: the encoder input itself, `[clips, ...]` at the model's encoder length (a model saved without its
+    feature extractor). HF runs on each clip's encoder input alone; the other stages run the clips together through
+    `generate`. When the model is not
+    compiled yet, it is compiled with batch size 1 and `ctx_len` (default: the decoder prompt plus `generation_len`).
+    A stage that raises is recorded as failed, with the first line of the error, and the later stages are not run.
+    """
+    from QEfficient.backends.base import MultiGraphProgram
+    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims, in_place_states
+    from QEfficient.backends.pytorch import PyTorchProgram
+    from QEfficient.transformers.models.speech_seq2seq import QEFFAutoModelForSpeechSeq2Seq, hf_generate_ids
+
+    if not isinstance(model, QEFFAutoModelForSpeechSeq2Seq):
+        model = QEFFAutoModelForSpeechSeq2Seq.from_pretrained(model, **from_pretrained_kwargs)
+    report = ValidationReport(model=model.model_name, atol=0.0)
+    try:
+        if inputs is not None:
+            features = np.asarray(inputs, dtype=np.float32)
+        else:
+            clips = list(audio) if audio is not None else default_ctc_audio(model.sampling_rate)
+            features = model.prepare(clips, sampling_rate if audio is not None else None)
+        expected = [hf_generate_ids(model.hf_model, torch.from_numpy(row[None]), generation_len)[0] for row in features]
+    except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+        report.stages.append(StageResult("HF generate", 0, (), False, error=first_line(exc, limit=300)))
+        return report
+    total = sum(len(e) for e in expected)
+    shape = (len(features), generation_len)
+    report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
+    try:
+        if model._program is None:
+            model.compile(ctx_len=ctx_len or model.ctx_len_for(generation_len))
+        manifest = dict(model.program.manifest)
+    except Exception as exc:  # noqa: BLE001
+        report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
+        return report
+    wrapper = model.model
+    argument_order = {"encoder": [model.encoder_spec.name], "decoder": wrapper.decoder_input_names()}
+
+    def pytorch() -> MultiGraphProgram:
+        graphs = {
+            name: PyTorchProgram(wrapper, meta, argument_order[name]) for name, meta in manifest["graphs"].items()
+        }
+        return MultiGraphProgram(manifest, graphs)
+
+    def onnx_runtime() -> MultiGraphProgram:
+        graphs = {}
+        for name, meta in manifest["graphs"].items():
+            path = model.onnx_paths[name]
+            raw = onnx.load(str(path), load_external_data=False)
+            raw_manifest = {
+                **meta,
+                "file": path.name,
+                "inputs": graph_input_dims(raw),
+                "options": {**meta["options"], "session_optimization_level": "all"},
+                "in_place_state": in_place_states(raw),
+            }
+            graphs[name] = OnnxRuntimeProgram(path.parent, raw_manifest)
+        return MultiGraphProgram(manifest, graphs)
+
+    for stage, program in (
+        ("transformed PyTorch", pytorch),
+        ("ONNX Runtime", onnx_runtime),
+        ("compiled program", lambda: model.program),
+    ):
+        try:
+            with model.running(program()):
+                got = model.generate(inputs=features, generation_len=generation_len).generated_ids
+        except Exception as exc:  # noqa: BLE001
+            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
+            return report
+        equal = sum(_common_prefix(g, e) for g, e in zip(got, expected))
+        report.stages.append(StageResult(stage, total - equal, shape, got == expected, f"{equal}/{total}"))
+    return report
+
+
+def is_ctc(model: Any) -> bool:
+    """Whether a model path (or hub id in the HF cache) holds a CTC speech model (wav2vec2, HuBERT, ...): a model type
+    of transformers' CTC mapping."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError):
+        return False
+    return getattr(config, "model_type", None) in MODEL_FOR_CTC_MAPPING_NAMES
+
+
+def is_image_text_to_text(model: Any) -> bool:
+    """Whether a model path (or hub id in the HF cache) holds a vision-language model: a model type of transformers'
+    image-text-to-text mapping with a vision config."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError):
+        return False
+    has_vision = getattr(config, "vision_config", None) is not None
+    return has_vision and getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def validate_image_text_to_text(
+    model: Any,
+    images: Sequence[Any] | None = None,
+    prompt: str = "Describe this image.",
+    generation_len: int = 16,
+    prefill_seq_len: int = 32,
+) -> ValidationReport:
+    """HF `generate` (greedy, on the processor's inputs) against the compiled vision and language programs: the
+    vision features (max |diff| from the PyTorch vision encoder) and the new tokens (exact). `images` default to one
+    random picture of the vision config's size."""
+    from QEfficient.transformers.models.image_text_to_text import (
+        QEFFAutoModelForImageTextToText,
+        _default_img_size,
+        as_rgb_image,
+    )
+
+    if not isinstance(model, QEFFAutoModelForImageTextToText):
+        model = QEFFAutoModelForImageTextToText.from_pretrained(model)
+    qeff = model
+    report = ValidationReport(qeff.model_name, 0.0)
+    if not images:
+        side = _default_img_size(qeff.hf_model.config)
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8)]
+    images = [as_rgb_image(image, i) for i, image in enumerate(images)]
+    chat = getattr(qeff.processor, "chat_template", None) is not None
+    ids, image_inputs = qeff.prepare(images, prompt, chat=chat)
+    hf_inputs = qeff.hf_inputs(images, prompt, chat=chat)
+    with torch.no_grad():
+        out = qeff.hf_model.generate(
+            **hf_inputs, max_new_tokens=generation_len, min_new_tokens=generation_len, do_sample=False
+        )
+    expected = out[0, hf_inputs["input_ids"].shape[1] :].tolist()
+    report.stages.append(StageResult("HF generate", 0.0, (1, len(ids)), True, f"{len(expected)} tokens"))
+    qeff.compile(
+        image_inputs=image_inputs, prefill_seq_len=prefill_seq_len, ctx_len=len(ids) + generation_len + prefill_seq_len
+    )
+    reference = qeff.image_features(image_inputs, runtime="pytorch")["image_features"]
+    got_features = qeff.image_features(image_inputs)["image_features"]
+    diff = float(np.max(np.abs(got_features - reference)))
+    tolerance = 1e-3 * max(1.0, float(np.max(np.abs(reference))))
+    report.stages.append(StageResult("vision program", diff, got_features.shape, diff <= tolerance))
+    try:
+        got = qeff.generate_ids([ids], [image_inputs], generation_len)[0]
+    except Exception as exc:  # noqa: BLE001
+        report.stages.append(StageResult("language program", float(len(expected)), (1,), False, error=first_line(exc)))
+        return report
+    equal = _common_prefix(got, expected)
+    total = len(expected)
+    passed = got == expected
+    report.stages.append(StageResult("language program", total - equal, (1, total), passed, f"{equal}/{total}"))
+    return report

@@ -189,3 +189,12 @@ def test_qeff_infer_with_an_image(llava, tmp_path) -> None:
     expected = processor.tokenizer.decode(expected_ids, skip_special_tokens=True)
     assert f"answer: {expected.strip()}" in done.stdout
     assert "vision" in done.stdout
+
+
+def test_qeff_validate_image_text(llava) -> None:
+    """`qeff validate` on a vision-language folder: HF generate vs the compiled programs, exact tokens."""
+    _, _, qeff = llava
+    command = [sys.executable, "-m", "QEfficient.cli.main", "validate", "--model", str(qeff.folder)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "language program" in done.stdout and "overall: PASS" in done.stdout

@@ -33,6 +33,9 @@ Each is registered once before the first export. Models reach these ops through 
   when the input is a non-contiguous view (as_strided addresses memory, which ONNX tensors do not have) and
   whenever the input's shape is dynamic (the indices stay those of the traced shape). Ours refuses both with
   a clear export error and leaves the static, contiguous case to torch's symbolic.
+- `Tensor.unfold(dim, size, step)` (Granite Speech 5's pooling of frame pairs, `x.unfold(1, 2, 2)`): torch's
+  symbolic needs the input's size along `dim` at export time, so a dynamic length fails the export. Ours gathers
+  the windows with indices built from the *runtime* length (Range), then moves the window axis last.
 """
 
 from __future__ import annotations
@@ -297,6 +300,21 @@ def _as_strided(g, self, sizes, strides, offset=None):  # noqa: ANN001, ANN202
     return symbolic_opset9.as_strided(g, self, sizes, strides, offset)
 
 
+@symbolic_helper.parse_args("v", "i", "i", "i")
+def _unfold(g, self, dimension, size, step):  # noqa: ANN001, ANN202
+    rank = symbolic_helper._get_tensor_rank(self)
+    if not rank:
+        return symbolic_helper._unimplemented("aten::unfold", "input rank unknown (or 0)", self)
+    dim = dimension % rank
+    length = g.op("Gather", g.op("Shape", self), _const(g, dim))  # a scalar: the runtime size along dim
+    count = g.op("Add", g.op("Div", g.op("Sub", length, _const(g, size)), _const(g, step)), _const(g, 1))
+    starts = g.op("Mul", g.op("Range", _const(g, 0), count, _const(g, 1)), _const(g, step))
+    index = g.op("Add", g.op("Unsqueeze", starts, _const(g, [1])), _const(g, [list(range(size))]))  # [n, size]
+    windows = g.op("Gather", self, index, axis_i=dim)  # [..., n, size, ...rest]
+    perm = [*range(dim + 1), *range(dim + 2, rank + 1), dim + 1]
+    return g.op("Transpose", windows, perm_i=perm)
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -308,6 +326,7 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::permute", _permute, opset)
     torch.onnx.register_custom_op_symbolic("aten::linalg_solve_triangular", _solve_triangular, opset)
     torch.onnx.register_custom_op_symbolic("aten::as_strided", _as_strided, opset)
+    torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
     if opset >= 16:
         torch.onnx.register_custom_op_symbolic("aten::index_add", _index_add, opset)
         torch.onnx.register_custom_op_symbolic("aten::scatter_reduce", _scatter_reduce, opset)

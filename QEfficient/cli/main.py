@@ -5,6 +5,7 @@ qeff export   --model PATH [--pooling mean --normalize]
 qeff compile  --model PATH [--seq-len 32,128] [--batch-size 1]
 qeff execute  --model PATH --text "a sentence" --text "another"
 qeff validate --model PATH [--pooling mean --normalize]
+qeff transcribe AUDIO.wav [--model PATH] [--language fr] [--chunk-long-audio]   # speech to text (Whisper tiny.en)
 qeff sweep    [--task causal-lm] [--only llama gpt2] [--ci]   # writes docs/supported_models.md
 qeff serve    [--model PATH_OR_GGUF] [--weights int4] [--slots 8] [--port 8000]   # OpenAI-compatible server
 """
@@ -172,8 +173,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from QEfficient.transformers.models.registry import is_encoder
     from QEfficient.utils.default_models import default_embedding_model
     from QEfficient.utils.progress import progress
+    from QEfficient.validation import (
+        is_ctc,
+        is_image_text_to_text,
+        is_speech_seq2seq,
+        validate_ctc,
+        validate_speech_seq2seq,
+    )
 
     texts = {"sentences": args.text} if args.text else {}
+    if args.model and is_speech_seq2seq(args.model):
+        if not args.verbose:
+            from QEfficient.cli.transcribe import quiet_third_parties
+
+            quiet_third_parties()
+        with progress("Validating HF generate vs transformed vs ONNX Runtime vs compiled (speech-to-text)"):
+            report = validate_speech_seq2seq(args.model, audio=[str(a) for a in args.audio] if args.audio else None)
+        print(report.table())
+        return 0 if report.passed else 1
+    if args.model and is_image_text_to_text(args.model):
+        from QEfficient.validation import validate_image_text_to_text
+
+        with progress("Validating HF generate vs the compiled vision and language programs (image-text)"):
+            report = validate_image_text_to_text(args.model, images=[str(i) for i in args.image or []])
+        print(report.table())
+        return 0 if report.passed else 1
+    if args.model and is_ctc(args.model):
+        audio = [str(a) for a in args.audio] if args.audio else None
+        with progress("Validating HF vs transformed vs ONNX Runtime vs compiled (CTC logits)"):
+            report = validate_ctc(args.model, audio=audio, seq_len=args.seq_len, atol=args.atol or 1e-4)
+        print(report.table())
+        return 0 if report.passed else 1
     if args.pooling is None and args.model and not is_encoder(args.model):
         with progress("Validating HF generate vs transformed vs ONNX Runtime vs compiled"):
             report = validate(args.model, **texts)
@@ -182,7 +212,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     args.model = args.model or str(default_embedding_model())
     model = _load(args)
     with progress("Validating HF vs transformed vs ONNX Runtime vs compiled"):
-        report = validate(model, **texts, seq_len=args.seq_len, atol=args.atol)
+        report = validate(model, **texts, seq_len=args.seq_len, atol=args.atol or 1e-5)
     print(report.table())
     print(f"onnx: {_graphs(model)}\nprogram: {model.program_path}")
     return 0 if report.passed else 1
@@ -213,6 +243,12 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     option("--batch-size", dest="batch_size", type=int, default=1, help="prompts per round (default 1)")
     option("--full-batch-size", dest="full_batch_size", type=int, help="continuous batching with this many cache rows")
     option("--stream", action="store_true", help="print the text as it is generated (one prompt)")
+    option(
+        "--image",
+        action="append",
+        help="an image file for a vision-language --model (repeat for several images per prompt)",
+    )
+    option("--img-size", dest="img_size", type=int, help="image side the vision program is compiled for")
     option(
         "--chat",
         action=argparse.BooleanOptionalAction,
@@ -248,6 +284,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if ignored:
         print(f"note: {', '.join(ignored)} apply to Cloud AI 100 only; ignored on this backend", file=sys.stderr)
     prompts, is_default = _prompts(args)
+    if args.image:
+        from QEfficient.cli.image_text import cmd_infer_image
+
+        return cmd_infer_image(args, _weights(args), prompts if not is_default else ["Describe this image."])
     model_path = args.model or str(default_causal_lm())
     with progress("Loading model"):
         model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
@@ -322,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from QEfficient.cli.bench_serve import add_serve_bench_args
     from QEfficient.cli.serve import add_serve_args, cmd_serve
     from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
+    from QEfficient.cli.transcribe import add_transcribe_args, cmd_transcribe
 
     parser = argparse.ArgumentParser(prog="qeff", description="QEfficient: export, compile and run HF models.")
     parser.add_argument("--version", action="version", version=f"qeff {__version__}")
@@ -331,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="generate text with a causal LM: export, compile and run (the default job)")
     add_infer_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "transcribe",
+        help="speech to text with Whisper (or another speech encoder-decoder): export, compile and run",
+        description="Transcribe WAV files (docs/speech_to_text.md); the text goes to stdout, progress to stderr.",
+    )
+    add_transcribe_args(p, _add_weights_args)
+    p.set_defaults(func=lambda a: cmd_transcribe(a, _weights(a)))
 
     p = sub.add_parser(
         "bench",
@@ -398,11 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="compare HF, transformed PyTorch, ONNX Runtime and the compiled program "
-        "(encoders: outputs within --atol; causal LMs: exact greedy tokens)",
+        "(encoders: outputs within --atol; causal LMs, speech and vision-language models: exact greedy tokens)",
     )
     _add_model_args(p), _add_compile_args(p)
     p.add_argument("--text", action="append", help="a sentence or prompt to validate on (repeat for several)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-5; CTC logits: 1e-4)")
+    p.add_argument(
+        "--audio", action="append", type=Path, help="a WAV clip for a speech model (repeat; default: synthetic clips)"
+    )
+    p.add_argument(
+        "--image", action="append", type=Path, help="an image for a vision-language model (default: a random picture)"
+    )
     p.set_defaults(func=cmd_validate)
     return parser
 

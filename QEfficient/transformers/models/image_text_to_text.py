@@ -446,6 +446,19 @@ class QEFFAutoModelForImageTextToText:
     ) -> tuple[list[int], dict[str, np.ndarray]]:
         """Token ids of one prompt with its images (through the processor and, with `chat`, its chat template) and
         the processor's image inputs."""
+        ids, encoded, has_images = self._encode(images, prompt, processor, chat, index)
+        return ids, image_inputs_of(encoded, self.hf_model) if has_images else {}
+
+    def hf_inputs(self, images: Any, prompt: str, processor: Any = None, chat: bool = True) -> dict[str, torch.Tensor]:
+        """What HF `generate` takes for one prompt with its images: the processor's outputs that the model's forward
+        accepts (token types included), as tensors."""
+        _, encoded, _ = self._encode(images, prompt, processor, chat, 0)
+        accepted = inspect.signature(self.hf_model.forward).parameters
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.items() if k in accepted and v is not None}
+
+    def _encode(
+        self, images: Any, prompt: str, processor: Any, chat: bool, index: int
+    ) -> tuple[list[int], dict[str, Any], bool]:
         processor = processor or self.processor
         if processor is None:
             raise ValueError("generate() needs the model's processor: none was found with the model; pass processor=.")
@@ -486,7 +499,7 @@ class QEFFAutoModelForImageTextToText:
             )
         if not image_list and n_tokens:
             raise ValueError(f"Prompt {index} has image tokens but no image was given.")
-        return ids, image_inputs_of(encoded, self.hf_model) if image_list else {}
+        return ids, dict(encoded), bool(image_list)
 
     def token_features(
         self,
