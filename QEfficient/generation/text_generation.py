@@ -61,6 +61,8 @@ class _Request:
     max_new_tokens: int
     # Per-token inputs besides the ids (`TextGenerator.token_inputs`), `{name: [len(prompt_ids), *shape]}`, or None.
     token_features: dict[str, np.ndarray] | None = None
+    # Inputs of the prompt's (single) prefill step besides the tokens, e.g. a vision-language program's images.
+    prompt_inputs: dict[str, np.ndarray] | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -223,11 +225,13 @@ class TextGenerator:
         positions: np.ndarray,
         batch_index: np.ndarray | None,
         token_features: dict[str, np.ndarray] | None = None,
+        extra_inputs: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """One program run on `state`: tokens `ids` at `positions` (-1: padding) into the cache rows `batch_index`
         (continuous batching) or the batch's own rows; returns each row's logits at its last column `[B, V]`.
-        `token_features`: the per-token inputs `[B, S, *shape]` (zeros when not given)."""
-        inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64)}
+        `token_features`: the per-token inputs `[B, S, *shape]` (zeros when not given); `extra_inputs`: more
+        inputs of this run (a prompt's images)."""
+        inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64), **(extra_inputs or {})}
         if batch_index is not None:
             inputs["batch_index"] = batch_index.astype(np.int64)
         for name, shape in self.token_inputs.items():
@@ -241,12 +245,13 @@ class TextGenerator:
         rows: list[list[int] | None],
         batch_index: np.ndarray | None,
         token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
+        prompt_inputs: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Chunked prefill of padded rows (None = idle row); logits at each row's last prompt token.
 
         Rows are padded to a whole number of chunks: on the right, or on the left with `left_padding`, so that
         every row ends in the last chunk. Padding has position -1. `token_features`: per row, its per-token inputs
-        (or None).
+        (or None); `prompt_inputs`: inputs of the first chunk's run (a one-chunk prompt's images).
         """
         chunk = self.prefill_seq_len
         ids, positions, ends = self.prefill_inputs(rows)
@@ -260,6 +265,7 @@ class TextGenerator:
                 positions[:, columns],
                 batch_index,
                 {name: values[:, columns] for name, values in features.items()},
+                prompt_inputs if start == 0 else None,
             )
             last = np.zeros_like(logits) if last is None else last
             for r, end in enumerate(ends):
@@ -328,9 +334,11 @@ class TextGenerator:
         streamer: Any = None,
         chat: bool = False,
         token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
+        prompt_inputs: Sequence[dict[str, np.ndarray] | None] | None = None,
     ) -> GenerationOutput:
         """Generate for `prompts` (see `QEFFAutoModelForCausalLM.generate`). `token_features`: per prompt, its
-        per-token inputs (`token_inputs`), or None."""
+        per-token inputs (`token_inputs`), or None; `prompt_inputs`: per prompt, inputs of its prefill run (a
+        vision-language program's images), which needs prompts prefilled one at a time in one chunk."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if prompts and all(isinstance(t, int) for t in prompts):
             prompts = [prompts]  # one prompt given as token ids
@@ -341,6 +349,14 @@ class TextGenerator:
         if token_features is not None and len(token_features) != len(prompts):
             raise ValueError(f"token_features has {len(token_features)} entries for {len(prompts)} prompts.")
         requests = self._requests(self.tokenize(prompts, chat), generation_len, token_features)
+        if prompt_inputs is not None and any(prompt_inputs):
+            if self.batch_size != 1 or self.full_batch_size or not self.single_chunk_prefill:
+                raise ValueError(
+                    "Prompt inputs (images in the language program) need a program compiled with batch_size=1 whose "
+                    "prompts are prefilled in one chunk."
+                )
+            for request, inputs in zip(requests, prompt_inputs):
+                request.prompt_inputs = inputs
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
         if self.full_batch_size:
@@ -391,7 +407,7 @@ class TextGenerator:
             streamer.put(np.array(requests[0].prompt_ids))
         t0 = time.perf_counter()
         features = [r.token_features for r in requests] + [None] * (width - len(requests))
-        logits = self._prefill(state, rows, None, features)
+        logits = self._prefill(state, rows, None, features, requests[0].prompt_inputs if width == 1 else None)
         clock.add_prefill(time.perf_counter() - t0)
         tokens = sampler(logits)
         active = [not self._accept(r, int(tokens[i]), stop_strings, streamer) for i, r in enumerate(requests)]

@@ -254,12 +254,30 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
                 ctx_len=ctx_len,
             )
             got = run_stage("generate", FAIL, qeff.generate_ids, [ids], [image_inputs], GENERATION_LEN)[0]
+            # the single program (kv_offload=False): the whole prompt in its prefill graph
+            load = QEFFAutoModelForImageTextToText.from_pretrained
+            single = run_stage("load (kv_offload=False)", FAIL, load, folder, kv_offload=False)
+            run_stage(
+                "compile (kv_offload=False)",
+                FAIL,
+                single.compile,
+                image_inputs=image_inputs,
+                prefill_seq_len=len(ids),
+                ctx_len=ctx_len,
+            )
+            got_single = run_stage(
+                "generate (kv_offload=False)", FAIL, single.generate_ids, [ids], [image_inputs], GENERATION_LEN
+            )[0]
     except StageFailure as failure:
         row.status, row.stage, row.reason = failure.status, failure.stage, failure.reason
         return row
     same = sum(a == b for a, b in zip(got, expected))
-    if got == expected:
-        row.status, row.detail = PASS, f"{same}/{len(expected)} tokens ({count} image tokens)"
+    if got == expected and got_single == expected:
+        row.status, row.detail = PASS, f"{same}/{len(expected)} tokens, both modes ({count} image tokens)"
+    elif got == expected:
+        first = next((i for i, (a, b) in enumerate(zip(got_single, expected)) if a != b), 0)
+        row.status, row.stage = FAIL, "tokens (kv_offload=False)"
+        row.reason = f"first difference at new token {first}: {got_single[first : first + 3]} vs HF"
     else:
         first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         row.status, row.stage = FAIL, "tokens"

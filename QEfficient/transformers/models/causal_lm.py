@@ -119,7 +119,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         }
         if self.model.image_token_id is not None:  # one image token in the full row: the merge path is traced
             inputs["input_ids"][0, min(1, seq - 1)] = self.model.image_token_id
-            inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_dim))
+            inputs["image_embeds"] = torch.zeros((batch, seq, self.model.image_embeds_width))
             for name, shape in self.model.image_fields.items():
                 inputs[f"image_{name}"] = torch.zeros((batch, seq, *shape))
         if self.model.rope_rows:
@@ -223,7 +223,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         """Per-token inputs besides the ids, name -> trailing shape: `image_embeds` for a vision-language model."""
         if self.model.image_token_id is None:
             return {}
-        inputs = {"image_embeds": [self.model.image_embeds_dim]}
+        inputs = {"image_embeds": [self.model.image_embeds_width]}
         inputs.update({f"image_{name}": list(shape) for name, shape in self.model.image_fields.items()})
         return {**inputs, "rope_offsets": [self.model.rope_rows]} if self.model.rope_rows else inputs
 

@@ -367,28 +367,35 @@ class CausalLMForExport(nn.Module):
             return self.forward(
                 ids,
                 torch.arange(6).unsqueeze(0),
-                *([torch.zeros(1, 6, self.image_embeds_dim)] if self.image_token_id is not None else []),
+                *([torch.zeros(1, 6, self.image_embeds_width)] if self.image_token_id is not None else []),
                 *(torch.zeros(1, 6, *shape) for shape in self.image_fields.values()),
                 *([torch.zeros(1, 6, self.rope_rows)] if self.rope_rows else []),
                 *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
                 *past,
             )[0]
 
-    def _own_embedding_where_no_image(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """`image_embeds` with the token's own embedding in the rows that carry no image feature (all zeros): a
-        generated token that happens to be the image token (HF passes no image features after the prompt) keeps
-        its embedding, as in HF, instead of a zero feature. Only where the features replace token embeddings."""
+    def _image_features(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The feature rows of `image_embeds` (its last column flags a row that holds an image feature) at the
+        image tokens. An image token without a feature (a generated token that happens to be the image token: HF
+        passes no image features after the prompt) keeps its own embedding, as in HF, where the features replace
+        token embeddings."""
+        values, given = image_embeds[..., :-1], image_embeds[..., -1:] > 0.5
         embeddings = self.model.get_input_embeddings()
-        if self.image_embeds_dim != embeddings.weight.shape[1]:
-            return image_embeds
-        own = embeddings(input_ids.clamp(0, embeddings.weight.shape[0] - 1)).to(image_embeds.dtype)
-        return torch.where(image_embeds.ne(0).any(-1, keepdim=True), image_embeds, own)
+        if self.image_embeds_dim == embeddings.weight.shape[1]:
+            own = embeddings(input_ids.clamp(0, embeddings.weight.shape[0] - 1)).to(values.dtype)
+            values = torch.where(given, values, own)
+        return values[input_ids == self.image_token_id]
 
     @property
     def image_embeds_dim(self) -> int:
-        """Width of `image_embeds`: the image features' (by default the language model's hidden size, as the
-        features replace token embeddings)."""
+        """Width of the image features: by default the language model's hidden size, as the features replace token
+        embeddings."""
         return self.image_features_dim or int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def image_embeds_width(self) -> int:
+        """Width of the `image_embeds` input: the features and one flag column (1 where a row holds a feature)."""
+        return self.image_embeds_dim + 1
 
     @property
     def export_identity(self) -> dict:
@@ -515,8 +522,7 @@ class CausalLMForExport(nn.Module):
         self._last_index = position_ids.argmax(dim=1)
         multimodal = {}
         if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
-            features = self._own_embedding_where_no_image(input_ids, image_embeds)[input_ids == self.image_token_id]
-            features = features.to(past[0].dtype)
+            features = self._image_features(input_ids, image_embeds).to(past[0].dtype)
             # HF reads the projected features (`pooler_output`, a list per image) or, where it projects them itself,
             # the vision tower's `last_hidden_state`
             image = _ImageOutput(last_hidden_state=features, pooler_output=_ImageFeatures([features]))

@@ -6,9 +6,10 @@ Two programs by default (`kv_offload=True`, as the reference system does):
   the model takes them) -> `image_features [N, H]`, HF's own `get_image_features` (vision tower and projector) with
   its per-image outputs concatenated; a static graph for the compiled image geometry;
 - the **language model**: the causal-LM program of `QEFFAutoModelForCausalLM` (fixed-size retained KV cache, chunked
-  prefill, decode) with one more per-token input, `image_embeds [B, S, H]`: the image feature that replaces each
-  image token's embedding (zeros for the other tokens). The graph hands HF the features at its image-token
-  positions as `mm_encoder_outputs`, so HF merges them into the input embeddings exactly as its `generate` does.
+  prefill, decode) with one more per-token input, `image_embeds [B, S, H + 1]`: the image feature that replaces each
+  image token's embedding and a flag column set to 1 there (zeros for the other tokens). The graph hands HF the
+  features at its image-token positions as `mm_encoder_outputs`, so HF merges them into the input embeddings exactly
+  as its `generate` does.
 
 `kv_offload=False` (one program holding both, the reference system's single-QPC mode) is not implemented yet.
 
@@ -67,6 +68,12 @@ def check_image_text_supported(model: nn.Module) -> None:
             f"{name} does not take precomputed image features (`mm_encoder_outputs`) or has no "
             "`get_image_features`: its images enter the language model another way (cross-attention, an "
             "encoder-decoder), which QEFFAutoModelForImageTextToText does not implement yet."
+        )
+    required = forward.get("pixel_values")
+    if required is not None and required.default is inspect.Parameter.empty:
+        raise UnsupportedModelError(
+            f"{name} requires `pixel_values` in every forward (its language model does not run on text alone), so "
+            "its images cannot be encoded once by a separate vision program."
         )
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder language models are supported.")
@@ -260,6 +267,13 @@ class QEFFVisionEncoder(QEFFBaseModel):
 
     def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`{"image_features": [N, H], "image_<field>": [N, L, H] ...}` for image inputs of the compiled geometry."""
+        self.check_geometry(image_inputs)
+        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
+        outputs = self.program.run(feed)
+        return {name: outputs[name] for name in self.output_names}
+
+    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
+        """A clear error unless the image inputs have the compiled shapes and geometry."""
         shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
         if shapes != self.example_shapes:
             raise ValueError(
@@ -273,9 +287,6 @@ class QEFFVisionEncoder(QEFFBaseModel):
                     f"{np.asarray(image_inputs[name]).tolist()}. Compile for this image size (compile(img_size=...)) "
                     "or resize the images."
                 )
-        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
-        outputs = self.program.run(feed)
-        return {name: outputs[name] for name in self.output_names}
 
     def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The same outputs from the PyTorch module, for any image inputs (for validation)."""
@@ -286,6 +297,119 @@ class QEFFVisionEncoder(QEFFBaseModel):
         with torch.no_grad():
             outputs = module(*(tensors[name] for name in module.input_names))
         return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
+
+
+class ImageTextForExport(nn.Module):
+    """The vision encoder and the language model in one module, for the single program (`kv_offload=False`).
+
+    Two graphs are traced from it: **prefill** `(input_ids, position_ids, image_embeds, [image_<field>...],
+    [rope_offsets], <image inputs>..., past...)` runs the vision encoder and hands each image token its feature row
+    (the k-th image token of the flattened batch the k-th row) to the language model; **decode** takes the language
+    model's own inputs. The two are told apart by their number of inputs.
+    """
+
+    def __init__(self, vision: VisionEncoderForExport, language: nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+        self.language = language
+
+    @property
+    def config(self) -> Any:
+        return self.language.config
+
+    @property
+    def export_identity(self) -> dict[str, Any]:
+        return {"language": self.language.export_identity, "vision_inputs": list(self.vision.input_names)}
+
+    def language_inputs_before_past(self) -> int:
+        """How many language inputs come before the past buffers: ids, positions, image_embeds, fields, rope."""
+        return 3 + len(self.language.image_fields) + (1 if self.language.rope_rows else 0)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        head = self.language_inputs_before_past()
+        n_past = len(self.language.past_names())
+        if len(inputs) == head + n_past:  # decode: the language model alone
+            return self.language(*inputs)
+        language, images, past = inputs[:head], inputs[head : len(inputs) - n_past], inputs[len(inputs) - n_past :]
+        input_ids = language[0]
+        outputs = self.vision(*images)  # image_features [N, H], then the extra fields [N, L, H]
+        is_image = (input_ids == self.language.image_token_id).reshape(-1)
+        index = (is_image.long().cumsum(0) - 1).clamp(min=0)
+        per_token = []
+        # image_embeds take the features and a flag column of ones; the extra fields take their rows
+        outputs = (torch.cat([outputs[0], outputs[0].new_ones((outputs[0].shape[0], 1))], dim=-1), *outputs[1:])
+        for given, rows in zip(language[2 : 3 + len(self.language.image_fields)], outputs):
+            gathered = rows[index].reshape(*input_ids.shape, *rows.shape[1:])
+            keep = is_image.reshape(*input_ids.shape, *([1] * (rows.dim() - 1)))
+            per_token.append(torch.where(keep, gathered, given))
+        return self.language(*language[:2], *per_token, *language[3 + len(self.language.image_fields) :], *past)
+
+
+class QEFFImageTextSingleProgram(QEFFBaseModel):
+    """`kv_offload=False`: one program whose prefill graph runs the vision encoder and the language model and whose
+    decode graph is the language model (docs/image_text_to_text.md). Prompts run one at a time, each prefilled in one
+    chunk, with images of the compiled geometry."""
+
+    def __init__(self, vision: QEFFVisionEncoder, language: QEFFAutoModelForCausalLM) -> None:
+        super().__init__(ImageTextForExport(vision.model, language.model))
+        self.vision = vision
+        self.language = language
+
+    @property
+    def model_name(self) -> str:
+        return f"{type(self.language.hf_model).__name__}-single"
+
+    def export(self, export_dir: str | Path | None = None) -> Path:
+        """Export the prefill and decode graphs (call `compile`, which knows the shapes)."""
+        raise ValueError("The single program is exported by compile(...): it needs the image inputs and the shapes.")
+
+    def compile(
+        self,
+        image_inputs: dict[str, np.ndarray],
+        prefill_seq_len: int,
+        ctx_len: int,
+        backend: str = "onnxruntime",
+        **backend_options: Any,
+    ) -> Path:
+        """Export (cached) and compile both graphs for one prompt of up to `prefill_seq_len` tokens and these images."""
+        from QEfficient.base.modeling_qeff import GraphExport
+
+        self.vision.export(image_inputs=image_inputs)  # fixes the geometry and the output fields
+        self.language.model.image_features_dim = self.vision.features_dim
+        self.language.model.image_fields = dict(self.vision.extra_fields)
+        self.language.ctx_len = ctx_len
+        decode = self.language._graph_export(1, ctx_len)
+        prefill = self.language._graph_export(prefill_seq_len, ctx_len)
+        names = self.vision.model.input_names
+        images = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n in names}
+        past = {n: t for n, t in prefill.example_inputs.items() if n.startswith("past_")}
+        head = {n: t for n, t in prefill.example_inputs.items() if not n.startswith("past_")}
+        count = int(self.vision.pytorch(image_inputs)["image_features"].shape[0])
+        head["input_ids"] = head["input_ids"][:1].clone()
+        head["position_ids"] = torch.arange(prefill_seq_len).unsqueeze(0)
+        head["input_ids"][0, 1 : 1 + min(count, prefill_seq_len - 1)] = self.language.model.image_token_id
+        head = {n: t[:1] for n, t in head.items()}
+        past = {n: t[:1] for n, t in past.items()}
+        static = {n: {0: "batch_size"} for n in (*head, *past, *prefill.output_names)}
+        graphs = {
+            "prefill": GraphExport({**head, **images, **past}, prefill.output_names, static),
+            "decode": GraphExport(decode.example_inputs, decode.output_names, decode.dynamic_axes),
+        }
+        self._export_graphs(graphs)
+        specs = {"prefill": [{"batch_size": 1}], "decode": [{"batch_size": 1}]}
+        settings = {
+            "prefill_seq_len": prefill_seq_len,
+            "ctx_len": ctx_len,
+            "batch_size": 1,
+            "full_batch_size": None,
+            "eos_token_ids": self.language.eos_token_ids(),
+            "left_padding": False,
+            "single_chunk_prefill": True,
+            "token_inputs": self.language.token_inputs,
+        }
+        program = self._compile(specs, backend=backend, metadata={"generation": settings}, **backend_options)
+        self.program.load_all()
+        return program
 
 
 class QEFFAutoModelForImageTextToText:
@@ -314,12 +438,8 @@ class QEFFAutoModelForImageTextToText:
         pretrained_model_name_or_path: str | None = None,
     ) -> None:
         check_image_text_supported(model)
-        if not kv_offload:
-            raise ValueError(
-                "kv_offload=False (the vision encoder inside the language program) is not implemented yet; use "
-                "kv_offload=True (the default): the vision and language programs run in one process and give the "
-                "same tokens."
-            )
+        if not kv_offload and continuous_batching:
+            raise ValueError("kv_offload=False runs one prompt at a time: it does not take continuous_batching=True.")
         prepare_for_export(model)
         self.kv_offload = kv_offload
         self.processor = processor
@@ -330,6 +450,7 @@ class QEFFAutoModelForImageTextToText:
         self.language = QEFFAutoModelForCausalLM(
             model, continuous_batching=continuous_batching, image_token_id=self.image_token_id
         )
+        self.single = None if kv_offload else QEFFImageTextSingleProgram(self.vision, self.language)
         self.image_size: tuple[int, int] | None = None
         self.num_images = 1
 
@@ -403,6 +524,14 @@ class QEFFAutoModelForImageTextToText:
         number of them), else together.
         """
         paths: dict[str, Path] = {}
+        if self.single is not None:  # one program: the vision encoder inside the language program's prefill
+            if batch_size != 1 or full_batch_size:
+                raise ValueError("kv_offload=False compiles one prompt at a time: batch_size=1, no full_batch_size.")
+            inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
+            self.num_images = num_images if image_inputs is None else _images_in(inputs, num_images)
+            self.language.compile_config = {"prefill_seq_len": prefill_seq_len, "ctx_len": ctx_len}
+            paths["program"] = self.single.compile(inputs, prefill_seq_len, ctx_len, backend=backend, **backend_options)
+            return paths
         if not skip_vision:
             inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
             self.num_images = num_images if image_inputs is None else _images_in(inputs, num_images)
@@ -507,22 +636,28 @@ class QEFFAutoModelForImageTextToText:
         features: dict[str, np.ndarray] | None,
         image_inputs: dict[str, np.ndarray] | None = None,
         index: int = 0,
+        images_in_program: bool = False,
     ) -> dict[str, np.ndarray]:
         """The language program's per-token inputs of one prompt: `image_embeds` (feature row k at the k-th image
-        token) and, for a model with multimodal rotary positions, `rope_offsets` (from HF's `get_rope_index`)."""
+        token) and, for a model with multimodal rotary positions, `rope_offsets` (from HF's `get_rope_index`).
+        `images_in_program`: the single program computes the features itself (they stay zeros here)."""
         ids = np.asarray(ids)
         positions = np.flatnonzero(ids == self.image_token_id)
         count = 0 if features is None else len(features["image_features"])
         self._check_blocks_fit_chunks(positions, index)
-        if len(positions) != count:
+        if not images_in_program and len(positions) != count:
             raise ValueError(
                 f"Prompt {index} has {len(positions)} image tokens but its images give {count} image features: "
                 "each image needs its placeholder in the prompt (one per image), and no more."
             )
         shapes = self.language.token_inputs
         inputs = {name: np.zeros((len(ids), *shape), dtype=np.float32) for name, shape in shapes.items()}
-        for name, values in (features or {}).items():  # image_features -> image_embeds; image_<field> as is
-            inputs["image_embeds" if name == "image_features" else name][positions] = values
+        for name, values in (features or {}).items():  # image_features -> image_embeds (and its flag column)
+            if name == "image_features":
+                inputs["image_embeds"][positions, :-1] = values
+                inputs["image_embeds"][positions, -1] = 1.0
+            else:
+                inputs[name][positions] = values
         if self.language.model.rope_rows:
             inputs["rope_offsets"] = self.rope_offsets(ids, image_inputs or {})
         return inputs
@@ -597,23 +732,81 @@ class QEFFAutoModelForImageTextToText:
                 f"Got {len(per_prompt)} image entries for {len(prompt_list)} prompts; give one per prompt."
             )
         processor = processor or self.processor
-        rows, features, vision_s = [], [], 0.0
-        for i, (prompt, prompt_images) in enumerate(zip(prompt_list, per_prompt)):
-            ids, image_inputs = self.prepare(prompt_images, prompt, processor, chat, i)
-            t0 = time.perf_counter()
-            image_features = self.image_features(image_inputs) if image_inputs else None
-            vision_s += time.perf_counter() - t0
-            rows.append(ids)
-            features.append(self.token_features(ids, image_features, image_inputs, i))
-        tokenizer = getattr(processor, "tokenizer", processor)
-        generator = self.language.text_generator(tokenizer=tokenizer)
+        pairs = enumerate(zip(prompt_list, per_prompt))
+        prepared = [self.prepare(images, prompt, processor, chat, i) for i, (prompt, images) in pairs]
         sampling = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        out = generator.generate(rows, generation_len, sampling, stop_strings, streamer, False, token_features=features)
+        out = self._generate_rows(
+            [ids for ids, _ in prepared],
+            [inputs for _, inputs in prepared],
+            generation_len,
+            sampling,
+            stop_strings,
+            streamer,
+            getattr(processor, "tokenizer", processor),
+        )
         out.prompts = prompt_list
+        return out
+
+    def _generate_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        image_inputs: Sequence[dict[str, np.ndarray] | None],
+        generation_len: int | None,
+        sampling: Any = None,
+        stop_strings: Sequence[str] = (),
+        streamer: Any = None,
+        tokenizer: Any = None,
+        runtime: str = "compiled",
+    ):  # noqa: ANN202 - GenerationOutput
+        """Generate for tokenised prompts with their image inputs, on the two programs or the single one."""
+        from QEfficient.generation.text_generation import TextGenerator
+
+        rows = [[int(t) for t in ids] for ids in rows]
+        features, prompt_inputs, vision_s = [], [], 0.0
+        for i, (ids, inputs) in enumerate(zip(rows, image_inputs)):
+            if self.single is None:
+                t0 = time.perf_counter()
+                image_features = self.image_features(inputs, runtime) if inputs else None
+                vision_s += time.perf_counter() - t0
+                features.append(self.token_features(ids, image_features, inputs, i))
+            else:
+                features.append(self.token_features(ids, None, inputs, i, images_in_program=True))
+                prompt_inputs.append(self._single_prompt_inputs(ids, inputs, i))
+        if self.single is None:
+            generator = self.language.text_generator(tokenizer=tokenizer)
+        else:
+            program = self.single.program
+            generator = TextGenerator.with_settings(program, tokenizer, program.manifest["generation"])
+        out = generator.generate(
+            rows,
+            generation_len,
+            sampling,
+            stop_strings,
+            streamer,
+            False,
+            token_features=features,
+            prompt_inputs=prompt_inputs or None,
+        )
         out.perf_metrics.vision_s = vision_s
         out.perf_metrics.ttft_s += vision_s
         out.perf_metrics.total_s += vision_s
         return out
+
+    def _single_prompt_inputs(self, ids: Sequence[int], image_inputs: dict[str, np.ndarray] | None, index: int):  # noqa: ANN202
+        """The single program's prefill image inputs for one prompt (zeros of the compiled shapes for a prompt
+        without images), after checking that the prompt fits one prefill chunk."""
+        chunk = self.language.compile_config["prefill_seq_len"]
+        if len(ids) > chunk:
+            raise ValueError(
+                f"Prompt {index} has {len(ids)} tokens; with kv_offload=False the vision encoder runs in the prefill "
+                f"graph, which takes a whole prompt of up to prefill_seq_len={chunk} tokens. Compile with "
+                f"prefill_seq_len >= {len(ids)}, or use kv_offload=True."
+            )
+        names = self.vision.model.input_names
+        if not image_inputs:
+            return {n: np.zeros(self.vision.example_shapes[n], dtype=np.float32) for n in names}
+        self.vision.check_geometry(image_inputs)
+        return {n: np.asarray(image_inputs[n], dtype=np.float32) for n in names}
 
     def generate_ids(
         self,
@@ -624,13 +817,7 @@ class QEFFAutoModelForImageTextToText:
     ) -> list[list[int]]:
         """Greedy tokens for prompts already tokenised with their image placeholders expanded (as the processor
         does), with each prompt's image inputs: the path validation and the sweep use."""
-        features = []
-        for i, (ids, inputs) in enumerate(zip(input_ids, image_inputs)):
-            image_features = self.image_features(inputs, runtime) if inputs else None
-            features.append(self.token_features(ids, image_features, inputs, i))
-        generator = self.language.text_generator()
-        out = generator.generate([list(map(int, ids)) for ids in input_ids], generation_len, token_features=features)
-        return out.generated_ids
+        return self._generate_rows(input_ids, image_inputs, generation_len, runtime=runtime).generated_ids
 
 
 def _load_processor(source: str) -> Any:
