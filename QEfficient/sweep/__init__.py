@@ -65,13 +65,13 @@ def sweep_items(
     tasks: tuple[str, ...] = TASKS, only: list[str] | None = None, ci: bool = False
 ) -> list[tuple[str, str]]:
     """(task, model_type) pairs: all of each task's types, those in `only`, or the CI slice."""
-    from QEfficient.sweep.report import REFERENCE_FAMILIES
+    from QEfficient.sweep.report import reference_families
 
     items = []
     for task in tasks:
         types = task_types(task)
         if ci:
-            wanted = set(CI_SLICE[task]) | (set(REFERENCE_FAMILIES.values()) if task == "causal-lm" else set())
+            wanted = set(CI_SLICE[task]) | set(reference_families().get(task, {}).values())
             types = [t for t in types if t in wanted]
         elif only:
             unknown = set(only) - set().union(*(task_types(t) for t in tasks))

@@ -64,6 +64,27 @@ REFERENCE_FAMILIES: dict[str, str] = {
     "GLM4-MoE": "glm4_moe",
 }
 
+# The speech and vision-language families the reference system validates (qefficient.md §6), per task.
+OTHER_REFERENCE_FAMILIES: dict[str, dict[str, str]] = {
+    "speech-seq2seq": {"Whisper": "whisper"},
+    "ctc": {"Wav2Vec2": "wav2vec2"},
+    "image-text-to-text": {
+        "LLaVA": "llava",
+        "LLaVA-NeXT / Granite-Vision": "llava_next",
+        "Gemma3": "gemma3",
+        "Mllama": "mllama",
+        "Qwen2.5-VL": "qwen2_5_vl",
+        "InternVL": "internvl",
+        "Llama4": "llama4",
+        "Mistral3": "mistral3",
+    },
+}
+
+
+def reference_families() -> dict[str, dict[str, str]]:
+    """Task -> {family: model type}: the reference system's validated families, causal and the others."""
+    return {"causal-lm": REFERENCE_FAMILIES, **OTHER_REFERENCE_FAMILIES}
+
 
 def write_json(rows: list[SweepRow], path: Path, meta: dict[str, Any]) -> None:
     """Write `{"meta": ..., "rows": [...]}` (atomically: temp file, then rename)."""
@@ -123,22 +144,23 @@ def render_markdown(meta: dict[str, Any], rows: list[SweepRow]) -> str:
             f"| {task} | {s['total']} | {c[PASS]} | {c[FAIL]} | {c[UNSUPPORTED]} | "
             f"{c[HF_CANNOT_BUILD]} / {c[HF_CANNOT_RUN]} | {s['pass_rate']:.0%} ({c[PASS]}/{s['hf_runnable']}) |"
         )
-    causal = {r.model_type: r for r in rows if r.task == "causal-lm"}
-    if causal:
-        ok = sum(causal.get(t) is not None and causal[t].status == PASS for t in REFERENCE_FAMILIES.values())
+    by_task = {(r.task, r.model_type): r for r in rows}
+    families = [(t, f, m) for t, fams in reference_families().items() if t in tasks for f, m in fams.items()]
+    if families:
+        ok = sum(by_task.get((t, m)) is not None and by_task[(t, m)].status == PASS for t, _, m in families)
         lines += [
             "",
-            f"## Reference families ({ok}/{len(REFERENCE_FAMILIES)} pass)",
+            f"## Reference families ({ok}/{len(families)} pass)",
             "",
-            "The causal families the reference system (Qualcomm's QEfficient) validates, all present in "
-            "transformers 5.x:",
+            "The families the reference system (Qualcomm's QEfficient) validates, all present in transformers 5.x:",
             "",
-            "| family | model type | status |",
-            "|---|---|---|",
+            "| task | family | model type | status | reason |",
+            "|---|---|---|---|---|",
         ]
-        for family, model_type in REFERENCE_FAMILIES.items():
-            row = causal.get(model_type)
-            lines.append(f"| {family} | `{model_type}` | {row.status if row else 'not swept'} |")
+        for task, family, model_type in families:
+            row = by_task.get((task, model_type))
+            status, reason = (row.status, _cell(row.reason) if row.status != PASS else "") if row else ("not swept", "")
+            lines.append(f"| {task} | {family} | `{model_type}` | {status} | {reason} |")
     adapters = meta.get("adapters", {})
     lines += [
         "",
