@@ -423,7 +423,7 @@ def is_speech_seq2seq(model: Any) -> bool:
 
     try:
         config = AutoConfig.from_pretrained(str(model))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - no config there (a GGUF file, an id not in the HF cache): not a speech model
         return False
     return getattr(config, "model_type", None) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 

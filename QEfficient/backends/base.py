@@ -112,9 +112,11 @@ class MultiGraphProgram(Program):
 
     def __init__(self, manifest: dict[str, Any], graphs: dict[str, Program]) -> None:
         self.graphs = graphs
-        # One state object serves every graph: a state is updated in place only if every graph allows it.
-        shared = frozenset.intersection(*(graph.in_place_state for graph in graphs.values()))
-        for graph in graphs.values():
+        # One state object serves every graph that keeps state: a state is updated in place only if every such graph
+        # allows it. A graph without state (e.g. a speech model's encoder) takes no part in it.
+        self.stateful = [graph for graph in graphs.values() if graph.state_names()] or list(graphs.values())
+        shared = frozenset.intersection(*(graph.in_place_state for graph in self.stateful))
+        for graph in self.stateful:
             graph.in_place_state = shared
         first = next(iter(graphs.values()))
         specializations = [spec for graph in graphs.values() for spec in graph.specializations]
@@ -147,7 +149,7 @@ class MultiGraphProgram(Program):
         raise AssertionError("unreachable")
 
     def new_state(self, specialization: Specialization, dtype: type = np.float32) -> Any:
-        return next(iter(self.graphs.values())).new_state(specialization, dtype)
+        return self.stateful[0].new_state(specialization, dtype)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.graph_for({name: a.shape for name, a in inputs.items()}).run(inputs)

@@ -109,7 +109,7 @@ def in_place_states(model: onnx.ModelProto) -> list[str]:
     attention's present keys/values over its past ones: `_IN_PLACE_INPUTS`), and every other node reading
     `X`'s data is one of its ancestors, so it runs first in any topological order. Then binding
     the output to the input's memory makes the step update the cache in place: no copy of the whole cache per step,
-    and one buffer instead of two.
+    and one buffer instead of two. A state that the graph passes through unchanged (`Identity`) is always in place.
     """
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -131,6 +131,11 @@ def in_place_states(model: onnx.ModelProto) -> list[str]:
         name = value.name
         writer = producer.get(f"{name}_RetainedState")
         if f"{name}_RetainedState" not in outputs or writer is None or name in in_subgraphs:
+            continue
+        if writer.op_type == "Identity" and list(writer.input) == [name]:
+            # a state passed through unchanged (a speech decoder's cross-attention keys and values): written over
+            # itself, ONNX Runtime's Identity copies nothing, so readers may run before or after it
+            safe.append(name)
             continue
         over = _IN_PLACE_INPUTS.get(writer.op_type, {}).get(list(writer.output).index(f"{name}_RetainedState"))
         if over is None or over >= len(writer.input) or writer.input[over] != name:

@@ -203,6 +203,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, bin_parts: Seq
         WhisperProcessor,
         WhisperTokenizerFast,
     )
+    from transformers.utils import logging as hf_logging
 
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     parts = [Path(p) for p in bin_parts] or [ct2_dir / "model.bin"]
@@ -256,7 +257,13 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, bin_parts: Seq
         generation.lang_to_id = {token: i for token, i in vocab.items() if i in lang_ids}
         generation.task_to_id = {task: vocab[f"<|{task}|>"] for task in ("transcribe", "translate")}
     hf_model.generation_config = generation
-    hf_model.to(torch.float16).save_pretrained(out_dir)  # the source is fp16: lossless
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar: callers show their own progress
+    try:
+        hf_model.to(torch.float16).save_pretrained(out_dir)  # the source is fp16: lossless
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]), tokenizer)
     processor.save_pretrained(out_dir)
     return out_dir
