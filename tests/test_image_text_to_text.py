@@ -174,7 +174,6 @@ def test_causal_lm_class_points_to_the_image_text_class(llava, tmp_path) -> None
         QEFFAutoModelForCausalLM.from_pretrained(tmp_path)
 
 
-
 def test_qeff_infer_with_an_image(llava, tmp_path) -> None:
     """`qeff infer --image` prints the same answer as HF `generate`."""
     model, processor, qeff = llava
@@ -198,3 +197,144 @@ def test_qeff_validate_image_text(llava) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "language program" in done.stdout and "overall: PASS" in done.stdout
+
+
+# ---- a cross-attention model: Mllama (Llama 3.2 Vision) ------------------------------------------------------------
+
+MLLAMA_IMAGE_SIZE = 28  # one tile: 2 x 2 patches of 14 (+ the class token)
+MLLAMA_TEMPLATE = CHAT_TEMPLATE.replace("<image>", "<|image|>")
+
+
+def tiny_mllama_processor():  # noqa: ANN201 - MllamaProcessor
+    from transformers import MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(default_embedding_model())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    tokenizer.bos_token = tokenizer.cls_token
+    tokenizer.chat_template = MLLAMA_TEMPLATE
+    image_processor = MllamaImageProcessorPil(
+        size={"height": MLLAMA_IMAGE_SIZE, "width": MLLAMA_IMAGE_SIZE}, max_image_tiles=4
+    )
+    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_TEMPLATE)
+
+
+def tiny_mllama(processor):  # noqa: ANN001, ANN201 - MllamaForConditionalGeneration
+    """A tiny Mllama: a 1 + 1 layer vision tower over up to 4 tiles, a 3-layer language model whose layer 1 is a
+    cross-attention layer. Its tanh gates (HF initialises them to zero, closed) are opened, so images matter."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_global_layers": 1,
+        "attention_heads": 4,
+        "image_size": MLLAMA_IMAGE_SIZE,
+        "patch_size": 14,
+        "max_num_tiles": 4,
+        "intermediate_layers_indices": [0],
+        "vision_output_dim": 64,  # the last hidden state and one intermediate layer's (2 x 32)
+    }
+    text = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "cross_attention_layers": [1],
+        "vocab_size": len(processor.tokenizer),
+        "max_position_embeddings": 256,
+        "pad_token_id": 0,
+        "bos_token_id": processor.tokenizer.cls_token_id,
+        "eos_token_id": None,  # generation runs to its length, in HF as here
+    }
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image|>")
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("gate") and parameter.numel() == 1:
+                parameter.fill_(0.75)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mllama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-mllama")
+    processor = tiny_mllama_processor()
+    model = tiny_mllama(processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    qeff = QEFFAutoModelForImageTextToText.from_pretrained(folder)
+    qeff.compile(img_size=MLLAMA_IMAGE_SIZE, prefill_seq_len=8, ctx_len=64, batch_size=2)
+    qeff.folder = folder
+    return model, processor, qeff
+
+
+def hf_mllama_answer(model, processor, image, prompt: str, chat: bool = True) -> list[int]:  # noqa: ANN001
+    """HF `generate` (greedy) on MllamaProcessor's inputs (pixel values, aspect ratios, cross-attention mask)."""
+    text = prompt
+    if chat:
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=[image] if image is not None else None, text=[text], return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=GENERATION_LEN, min_new_tokens=GENERATION_LEN, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_mllama_one_image_equals_hf(mllama) -> None:
+    """Cross-attention keys and values from the vision program, retained by the language program: HF's tokens."""
+    model, processor, qeff = mllama
+    assert {"past_cross_key.1", "past_cross_value.1"} <= set(qeff.language.program.state_names())
+    assert {"past_cross_key.1", "past_cross_value.1"} <= qeff.language.program.in_place_state  # never copied
+    out = qeff.generate(images=picture(0), prompts="what is in the picture", generation_len=GENERATION_LEN)
+    expected = hf_mllama_answer(model, processor, picture(0), "what is in the picture")
+    assert out.generated_ids[0] == expected
+    assert expected != hf_mllama_answer(model, processor, picture(1), "what is in the picture")  # the image matters
+    assert out.perf_metrics.vision_s > 0
+
+
+def test_mllama_batch_with_a_text_only_prompt_equals_hf(mllama) -> None:
+    """A batch of two: one prompt with an image, one without (zero cross keys and mask: HF skips those layers)."""
+    model, processor, qeff = mllama
+    prompts = ["describe it", "a prompt without any image"]
+    out = qeff.generate(images=[picture(2, (60, 30)), None], prompts=prompts, generation_len=GENERATION_LEN)
+    assert out.generated_ids[0] == hf_mllama_answer(model, processor, picture(2, (60, 30)), prompts[0])
+    assert out.generated_ids[1] == hf_mllama_answer(model, processor, None, prompts[1])
+
+
+def test_mllama_text_before_the_image_and_any_aspect_ratio(mllama) -> None:
+    """Tokens before the image token read no image (a zero mask row); the prefill chunks cross the image token; a wide
+    image (another aspect ratio, more tiles than the compiled example's) runs on the same vision program."""
+    model, processor, qeff = mllama
+    prompt = "here is a long question about the picture <|image|> what do you see"
+    wide = picture(3, (30, 100))
+    out = qeff.generate(images=wide, prompts=prompt, chat=False, generation_len=GENERATION_LEN)
+    assert out.generated_ids[0] == hf_mllama_answer(model, processor, wide, prompt, chat=False)
+
+
+def test_mllama_errors(mllama) -> None:
+    model, _, qeff = mllama
+    with pytest.raises(UnsupportedModelError, match="kv_offload=False is not implemented"):
+        QEFFAutoModelForImageTextToText(model, kv_offload=False)
+    with pytest.raises(ValueError, match="exactly the compiled number of images"):
+        qeff.generate(images=[[picture(0), picture(1)]], prompts=["two images"])
+    with pytest.raises(ValueError, match="needs its cross_attention_mask"):
+        qeff.generate_ids([[5, 6, qeff.image_token_id, 7]], [qeff.example_image_inputs(MLLAMA_IMAGE_SIZE)])
+
+
+def test_mllama_continuous_batching_equals_hf(mllama) -> None:
+    """Continuous batching: each prompt's cross keys and values go into the cache row it takes, which a text-only
+    prompt (zeros there) reuses after an image prompt."""
+    model, processor, qeff = mllama
+    cb = QEFFAutoModelForImageTextToText.from_pretrained(qeff.folder, continuous_batching=True)
+    cb.compile(img_size=MLLAMA_IMAGE_SIZE, prefill_seq_len=8, ctx_len=64, full_batch_size=2)
+    images = [picture(4), picture(5, (50, 20)), None]
+    prompts = ["what is this", "and this one", "no picture here"]
+    out = cb.generate(images=images, prompts=prompts, generation_len=GENERATION_LEN)
+    for image, prompt, got in zip(images, prompts, out.generated_ids):
+        assert got == hf_mllama_answer(model, processor, image, prompt)

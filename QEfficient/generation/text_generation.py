@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from QEfficient.backends import Program, open_program
+from QEfficient.backends.base import state_arrays
 from QEfficient.generation.metrics import PerfMetrics
 from QEfficient.generation.sampling import Sampler, SamplingParams
 
@@ -63,6 +64,9 @@ class _Request:
     token_features: dict[str, np.ndarray] | None = None
     # Inputs of the prompt's (single) prefill step besides the tokens, e.g. a vision-language program's images.
     prompt_inputs: dict[str, np.ndarray] | None = None
+    # Retained state of the prompt's cache row before its prefill, `{name: [1, ...] or None (zeros)}` (a
+    # cross-attention vision-language model's image keys and values), or None: nothing to write.
+    initial_state: dict[str, np.ndarray] | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -335,10 +339,13 @@ class TextGenerator:
         chat: bool = False,
         token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
         prompt_inputs: Sequence[dict[str, np.ndarray] | None] | None = None,
+        initial_state: Sequence[dict[str, np.ndarray] | None] | None = None,
     ) -> GenerationOutput:
         """Generate for `prompts` (see `QEFFAutoModelForCausalLM.generate`). `token_features`: per prompt, its
         per-token inputs (`token_inputs`), or None; `prompt_inputs`: per prompt, inputs of its prefill run (a
-        vision-language program's images), which needs prompts prefilled one at a time in one chunk."""
+        vision-language program's images), which needs prompts prefilled one at a time in one chunk;
+        `initial_state`: per prompt, retained states `{name: [1, ...]}` written into its cache row before its prefill
+        (a cross-attention vision-language model's image keys and values; a prompt with None gets zeros there)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if prompts and all(isinstance(t, int) for t in prompts):
             prompts = [prompts]  # one prompt given as token ids
@@ -357,6 +364,13 @@ class TextGenerator:
                 )
             for request, inputs in zip(requests, prompt_inputs):
                 request.prompt_inputs = inputs
+        if initial_state is not None:
+            if len(initial_state) != len(prompts):
+                raise ValueError(f"initial_state has {len(initial_state)} entries for {len(prompts)} prompts.")
+            # every prompt writes the same states (zeros where it gives none): a cache row may hold a previous prompt's
+            names = sorted({name for arrays in initial_state if arrays for name in arrays})
+            for request, arrays in zip(requests, initial_state):
+                request.initial_state = {name: (arrays or {}).get(name) for name in names} if names else None
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
         if self.full_batch_size:
@@ -382,6 +396,27 @@ class TextGenerator:
             prompts, texts, [r.generated for r in requests], [r.finish_reason for r in requests], metrics
         )
 
+    def _write_initial_state(self, state: Any, row: int, request: _Request) -> None:
+        """Write `request`'s initial retained state (zeros where it gives None) into cache row `row`, through
+        writable host views of the state."""
+        if not request.initial_state:
+            return
+        views = state_arrays(state)
+        for name, value in request.initial_state.items():
+            if name not in views:
+                raise ValueError(f"The program keeps no retained state {name!r} (it keeps {sorted(views)}).")
+            if value is None:
+                views[name][row] = 0
+                continue
+            value = np.asarray(value, dtype=views[name].dtype)
+            value = value[0] if value.shape[:1] == (1,) and value.ndim == views[name].ndim else value
+            if value.shape != views[name].shape[1:]:
+                raise ValueError(
+                    f"Prompt {request.index}'s initial {name} has shape {value.shape}; the program keeps "
+                    f"{views[name].shape[1:]} per cache row."
+                )
+            views[name][row] = value
+
     def _accept(self, request: _Request, token: int, stop_strings: Sequence[str], streamer: Any) -> bool:
         """Record a new token; return True when the request is finished."""
         request.generated.append(token)
@@ -401,7 +436,9 @@ class TextGenerator:
     ) -> None:
         """Up to `batch_size` prompts together: prefill all, decode until each one stops."""
         width = self.batch_size
-        state = self.program.new_state({"batch_size": width, "seq_len": 1})
+        state = self.program.new_state({"batch_size": width, "seq_len": 1})  # zeros: idle rows need nothing written
+        for row, request in enumerate(requests):
+            self._write_initial_state(state, row, request)
         rows: list[list[int] | None] = [r.prompt_ids for r in requests] + [None] * (width - len(requests))
         if streamer is not None:
             streamer.put(np.array(requests[0].prompt_ids))
@@ -447,6 +484,7 @@ class TextGenerator:
                 if streamer is not None:
                     streamer.put(np.array(request.prompt_ids))
                 t0 = time.perf_counter()
+                self._write_initial_state(state, slot, request)
                 logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]), [request.token_features])
                 clock.add_prefill(time.perf_counter() - t0)
                 finished = self._accept(request, int(sampler(logits)[0]), stop_strings, streamer)

@@ -6,10 +6,15 @@ the model has no PIL image processor), asks HF for the image features to know ho
 needs, runs HF `generate` greedily on text + image tokens + text, saves the model, loads it through
 `QEFFAutoModelForImageTextToText.from_pretrained` and compares the greedy tokens of the compiled vision and
 language programs (prefill chunked across the image tokens) with HF's.
+
+A cross-attention model (Mllama) has one image token per image and the processor's `cross_attention_mask`, built here
+with the processor module's own functions; its tanh gates, which HF initialises closed (zero), are opened so that the
+image changes the answer.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import tempfile
 from typing import Any
@@ -43,6 +48,8 @@ IMAGE_OVERRIDES: dict[str, dict[str, Any]] = {
     "paligemma": {"vision_config": {"projection_dim": 64}},  # the projector's output: the tiny text width
     "vipllava": {"vision_feature_layers": [-2, -1]},  # layers of the 2-layer tiny tower
     "llama4": {"vision_config": {"intermediate_size": 256}},  # the pixel-shuffle MLP's input: 64 / 0.5**2
+    # the projector's input: the last hidden state and one intermediate layer's, concatenated (2 x 64)
+    "mllama": {"vision_config": {"vision_output_dim": 128}},
 }
 
 
@@ -153,10 +160,17 @@ def _image_processor(model_type: str, config: Any) -> Any:
     return processor
 
 
-def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Image inputs for one random picture, as the model's image processor makes them."""
+def _picture(config: Any) -> Any:
+    """The random tiny picture (a PIL image of the tiny image side)."""
     from PIL import Image
 
+    size = tiny_image_side(config)
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Image inputs for one random picture, as the model's image processor makes them."""
     from QEfficient.transformers.models.image_text_to_text import image_inputs_of
 
     processor = _image_processor(model_type, config)
@@ -166,9 +180,30 @@ def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> d
         channels = getattr(vision, "num_channels", 3) or 3
         generator = torch.Generator().manual_seed(0)
         return {"pixel_values": torch.randn(1, channels, size, size, generator=generator).numpy()}
-    rng = np.random.default_rng(0)
-    picture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    return image_inputs_of(processor(images=[picture], return_tensors="np"), model)
+    return image_inputs_of(processor(images=[_picture(config)], return_tensors="np"), model)
+
+
+def cross_attention_mask(model_type: str, config: Any, ids: list[int], token: int) -> np.ndarray:
+    """`cross_attention_mask [1, len(ids), images, tiles]` for the tiny picture, as the model's processor builds it:
+    with its processor module's `get_cross_attention_token_mask` and `convert_sparse_cross_attention_mask_to_dense`
+    (each image token opens its image's valid tiles from there on)."""
+    processor = _image_processor(model_type, config)
+    family = _processor_family(model_type) or model_type
+    module = importlib.import_module(f"transformers.models.{family}.processing_{family}")
+    num_tiles = processor(images=[_picture(config)], return_tensors="np")["num_tiles"]
+    spans = [module.get_cross_attention_token_mask(ids, token)]
+    return module.convert_sparse_cross_attention_mask_to_dense(
+        spans, num_tiles=num_tiles, max_num_tiles=processor.max_image_tiles, length=len(ids)
+    )
+
+
+def open_closed_gates(model: torch.nn.Module) -> None:
+    """Give tanh gates that HF initialises closed (one-element `*gate` parameters at zero: Mllama's gated
+    cross-attention and tile embeddings) a value, so that what they gate changes the output."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("gate") and parameter.numel() == 1 and not parameter.any():
+                parameter.fill_(0.75)
 
 
 def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray]) -> int:
@@ -203,10 +238,21 @@ def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str,
     return out[0, len(ids) :].tolist()
 
 
+def _refuses_single_program(load: Any, folder: str) -> None:
+    """kv_offload=False must be refused with UnsupportedModelError for a cross-attention model."""
+    from QEfficient.transformers.models.registry import UnsupportedModelError
+
+    try:
+        load(folder, kv_offload=False)
+    except UnsupportedModelError:
+        return
+    raise AssertionError("kv_offload=False was not refused for a cross-attention model")
+
+
 def check_image_text_to_text(model_type: str) -> SweepRow:
     """HF `generate` == the compiled vision + language programs, exact greedy tokens."""
     from QEfficient.sweep.checks import randomize_zero_matrices
-    from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError
+    from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError, cross_attention_layers
     from QEfficient.transformers.models.image_text_to_text import (
         QEFFAutoModelForImageTextToText,
         check_image_text_supported,
@@ -222,6 +268,7 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
             "HF build", HF_CANNOT_BUILD, AutoModelForImageTextToText.from_config, config, dtype=torch.float32
         )
         randomize_zero_matrices(hf, config)
+        open_closed_gates(hf)
         hf.eval()
         row.architecture = type(hf).__name__
         try:
@@ -230,10 +277,19 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
             raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
         token = image_token_id(config)
         image_inputs = run_stage("image inputs", HF_CANNOT_BUILD, tiny_image_inputs, model_type, config, hf)
-        count = run_stage("HF image features", HF_CANNOT_RUN, _hf_feature_count, hf, image_inputs)
+        cross = bool(cross_attention_layers(hf))
+        if cross:  # one image token per image; its images enter through cross-attention
+            count = int(np.shape(image_inputs["pixel_values"])[1])
+        else:
+            count = run_stage("HF image features", HF_CANNOT_RUN, _hf_feature_count, hf, image_inputs)
         generator = torch.Generator().manual_seed(1234)
         text = torch.randint(8, VOCAB - 40, (9,), generator=generator).tolist()
         ids = text[:3] + [token] * count + text[3:]
+        if cross:
+            mask = run_stage(
+                "cross-attention mask", HF_CANNOT_BUILD, cross_attention_mask, model_type, config, ids, token
+            )
+            image_inputs = {**image_inputs, "cross_attention_mask": mask}
         expected = run_stage("HF generate", HF_CANNOT_RUN, _hf_generate, hf, ids, image_inputs)
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf.save_pretrained, folder)
@@ -254,26 +310,30 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
                 ctx_len=ctx_len,
             )
             got = run_stage("generate", FAIL, qeff.generate_ids, [ids], [image_inputs], GENERATION_LEN)[0]
-            # the single program (kv_offload=False): the whole prompt in its prefill graph
             load = QEFFAutoModelForImageTextToText.from_pretrained
-            single = run_stage("load (kv_offload=False)", FAIL, load, folder, kv_offload=False)
-            run_stage(
-                "compile (kv_offload=False)",
-                FAIL,
-                single.compile,
-                image_inputs=image_inputs,
-                prefill_seq_len=len(ids),
-                ctx_len=ctx_len,
-            )
-            got_single = run_stage(
-                "generate (kv_offload=False)", FAIL, single.generate_ids, [ids], [image_inputs], GENERATION_LEN
-            )[0]
+            if cross:  # kv_offload=False is refused with a clear error (docs/image_text_to_text.md)
+                run_stage("kv_offload=False refused", FAIL, _refuses_single_program, load, folder)
+                got_single = expected
+            else:  # the single program (kv_offload=False): the whole prompt in its prefill graph
+                single = run_stage("load (kv_offload=False)", FAIL, load, folder, kv_offload=False)
+                run_stage(
+                    "compile (kv_offload=False)",
+                    FAIL,
+                    single.compile,
+                    image_inputs=image_inputs,
+                    prefill_seq_len=len(ids),
+                    ctx_len=ctx_len,
+                )
+                got_single = run_stage(
+                    "generate (kv_offload=False)", FAIL, single.generate_ids, [ids], [image_inputs], GENERATION_LEN
+                )[0]
     except StageFailure as failure:
         row.status, row.stage, row.reason = failure.status, failure.stage, failure.reason
         return row
     same = sum(a == b for a, b in zip(got, expected))
     if got == expected and got_single == expected:
-        row.status, row.detail = PASS, f"{same}/{len(expected)} tokens, both modes ({count} image tokens)"
+        modes = "kv_offload=True; kv_offload=False refused" if cross else "both modes"
+        row.status, row.detail = PASS, f"{same}/{len(expected)} tokens, {modes} ({count} image tokens)"
     elif got == expected:
         first = next((i for i, (a, b) in enumerate(zip(got_single, expected)) if a != b), 0)
         row.status, row.stage = FAIL, "tokens (kv_offload=False)"

@@ -29,9 +29,19 @@ class LayerBuffers:
     states: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
 
-# Per layer: its buffers, or, for a layer that keeps nothing, "dummy" (it reads another layer's keys and values:
-# HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` the model leaves alone, e.g. cross-attention).
-PastEntry = LayerBuffers | str
+@dataclass
+class CrossBuffers:
+    """One cross-attention layer's retained keys and values `[B_cache, H_kv, T, D]` over the T vision tokens of a
+    vision-language model's images, written by the host before a prompt's prefill and only read by the graph."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+# Per layer: its buffers, its cross-attention keys and values, or, for a layer that keeps nothing, "dummy" (it reads
+# another layer's keys and values: HF's `DummyLayer`) or "unused" (an empty `DynamicLayer` the model leaves alone,
+# e.g. cross-attention of a model without retained cross keys).
+PastEntry = LayerBuffers | CrossBuffers | str
 
 
 def padding_safe_slots(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,6 +157,47 @@ class FixedKVLayer(CacheLayerMixin):
         `cache.get_seq_length() + arange(seq_len)` instead of reading `position_ids` needs. Models that take
         `position_ids` never call it for positions. Rows with other start positions need `position_ids`."""
         return self.start if self.start is not None else 0
+
+    def get_max_length(self) -> int:
+        return self.keys.shape[2]
+
+
+class FixedCrossAttentionLayer(CacheLayerMixin):
+    """A cross-attention layer's keys and values, retained buffers `[B_cache, H_kv, T, D]` that the model reads as
+    they are: the layer is initialised and not empty, so HF runs the layer (rather than skipping it, as it does for
+    text-only input) and reads `keys` / `values` (this step's cache rows, with continuous batching). The graph
+    passes the buffers through unchanged (`retained`): they are written by the host, once per prompt. An `update`
+    means the model recomputes them from vision states, which the graph never hands it."""
+
+    is_compileable = True
+    is_sliding = False
+
+    def __init__(self, buffers: CrossBuffers, batch_index: torch.Tensor | None, start: torch.Tensor) -> None:
+        super().__init__()
+        self.buffers = buffers
+        self.keys, self.values = _rows(buffers.keys, batch_index), _rows(buffers.values, batch_index)
+        self.start = start
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """The keys and values are graph inputs; nothing to allocate."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):
+        raise ValueError(
+            "The model computes cross-attention keys and values in the language program; they are retained buffers "
+            "there (written from the vision program), so the language program never takes the vision states."
+        )
+
+    def retained(self) -> list[torch.Tensor]:
+        """The buffers as they came in."""
+        return [self.buffers.keys, self.buffers.values]
+
+    def get_seq_length(self) -> torch.Tensor | int:
+        """The position of this step's first token, as `FixedKVLayer.get_seq_length` answers it."""
+        return self.start
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.keys.shape[2], 0
 
     def get_max_length(self) -> int:
         return self.keys.shape[2]
@@ -285,6 +336,9 @@ class FixedCache(Cache):
             if isinstance(entry, str):
                 layers.append(DummyLayer() if entry == "dummy" else DynamicLayer())
                 continue
+            if isinstance(entry, CrossBuffers):
+                layers.append(FixedCrossAttentionLayer(entry, batch_index, self.start))
+                continue
             kv_args = (*(entry.kv or ()), indices, self.start)
             recurrent_args = (entry.states, row_valid, row_starts, batch_index, previous_state)
             if entry.kv and entry.states:
@@ -310,9 +364,11 @@ class FixedCache(Cache):
 
     def retained_state(self) -> list[torch.Tensor]:
         """Every retained buffer after this step, in graph order: per layer `past_key.i`, `past_value.i`
-        (`past_indexer_key.i`), then its conv and recurrent states."""
+        (`past_indexer_key.i`), then its conv and recurrent states; a cross-attention layer's keys and values."""
         state = []
         for layer in self.layers:
+            if isinstance(layer, FixedCrossAttentionLayer):
+                state += layer.retained()
             if isinstance(layer, FixedKVLayer):
                 state += [layer.keys, layer.values]
             if isinstance(layer, FixedIndexedKVLayer):

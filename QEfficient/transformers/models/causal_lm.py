@@ -124,13 +124,21 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
                 inputs[f"image_{name}"] = torch.zeros((batch, seq, *shape))
         if self.model.rope_rows:
             inputs["rope_offsets"] = torch.zeros((batch, seq, self.model.rope_rows))
+        if self.model.cross_mask_shape:  # the full row reads the images: the cross-attention path is traced
+            inputs["cross_attention_mask"] = torch.zeros((batch, seq, *self.model.cross_mask_shape))
+            inputs["cross_attention_mask"][0] = 1.0
         if self.continuous_batching:
             inputs["batch_index"] = torch.tensor([[2], [0]], dtype=torch.int64)
         for name, shape in self.layout.past_shapes(cache_batch, ctx_len).items():
             inputs[name] = torch.zeros(shape)
         tokens = {0: "batch_size", 1: "seq_len"} if dynamic_seq_len else {0: "batch_size"}
         axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": {0: "batch_size"}}
-        for name in ("image_embeds", "rope_offsets", *(f"image_{name}" for name in self.model.image_fields)):
+        for name in (
+            "image_embeds",
+            "rope_offsets",
+            "cross_attention_mask",
+            *(f"image_{name}" for name in self.model.image_fields),
+        ):
             if name in inputs:
                 axes[name] = tokens
         if self.continuous_batching:
@@ -220,7 +228,10 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
 
     @property
     def token_inputs(self) -> dict[str, list[int]]:
-        """Per-token inputs besides the ids, name -> trailing shape: `image_embeds` for a vision-language model."""
+        """Per-token inputs besides the ids, name -> trailing shape: `image_embeds` for a vision-language model,
+        `cross_attention_mask` for a cross-attention one."""
+        if self.model.cross_mask_shape:
+            return {"cross_attention_mask": list(self.model.cross_mask_shape)}
         if self.model.image_token_id is None:
             return {}
         inputs = {"image_embeds": [self.model.image_embeds_width]}

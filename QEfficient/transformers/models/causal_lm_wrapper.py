@@ -1,7 +1,8 @@
 """`CausalLMForExport`: a HF causal LM with the graph contract of docs/causal_lm.md.
 
-    (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [rope_offsets [B,S,R]], [batch_index [B,1]],
-     past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], ...)
+    (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [rope_offsets [B,S,R]],
+     [cross_attention_mask [B,S,N,T]], [batch_index [B,1]],
+     past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], [past_cross_key.1], ...)
         -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
 It builds a `FixedCache` over the past buffers and the masks from `position_ids`, calls the HF model
@@ -15,11 +16,19 @@ embedding of an image token (zeros elsewhere). The graph hands HF the features a
 `mm_encoder_outputs`, so HF merges them into the input embeddings its own way (docs/image_text_to_text.md).
 A model with multimodal rotary positions (Qwen2-VL's M-RoPE: R position rows, one per axis) also takes
 `rope_offsets`: per token and axis, its rotary position minus its cache position, which HF's `get_rope_index` gives.
+
+The language model of a cross-attention vision-language model (Mllama: its forward takes `cross_attention_states` and
+`cross_attention_mask`, its text config names `cross_attention_layers`) retains each cross-attention layer's keys and
+values over the images' vision tokens, `past_cross_key.{i}` / `past_cross_value.{i}` `[B, H_kv, T, D]`, which the
+host writes before a prompt's prefill and the graph passes through unchanged; it takes the per-token rows of HF's
+`cross_attention_mask` `[B, S, n_images, n_tiles]`, which HF's forward prepares its own way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -37,6 +46,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from QEfficient.transformers import attention as grouped_attention
 from QEfficient.transformers.cache_utils import (
     SLIDING_LAYER_TYPES,
+    CrossBuffers,
     FixedCache,
     LayerBuffers,
     PastEntry,
@@ -85,6 +95,9 @@ class CacheLayout:
     states: tuple[tuple[StateSpec, ...], ...] = ()
     # config.layer_types (the keys of the mask dict), when the model has them.
     layer_types: tuple[str, ...] = ()
+    # Per layer: the retained cross-attention keys' (H_kv, T, D) of a cross-attention vision-language model (set once
+    # the vision program's token count T is known, `CausalLMForExport.use_cross_attention`); None for the others.
+    cross_shapes: tuple[tuple[int, int, int] | None, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -101,6 +114,10 @@ class CacheLayout:
     def layer_states(self, layer: int) -> tuple[StateSpec, ...]:
         return self.states[layer] if layer < len(self.states) else ()
 
+    def cross_shape(self, layer: int) -> tuple[int, int, int] | None:
+        """(H_kv, T, D) of layer `layer`'s retained cross-attention keys and values, or None if it keeps none."""
+        return self.cross_shapes[layer] if layer < len(self.cross_shapes) else None
+
     def indexer_dim(self, layer: int) -> int | None:
         """D_idx of layer `layer`'s retained indexer keys, or None if it keeps none."""
         return self.indexer_dims[layer] if layer < len(self.indexer_dims) else None
@@ -109,9 +126,12 @@ class CacheLayout:
         """Name -> shape of every retained input, in graph order. Per layer: `past_key.{i}`, `past_value.{i}`
         and, for an indexed layer, `past_indexer_key.{i}` (`[B, ..., ctx_len, ...]`); then its states
         `past_conv.{i}` / `past_recurrent.{i}` (`.{i}.{s}` for HF's state index s > 0), which do not depend on
-        `ctx_len`."""
+        `ctx_len`; for a cross-attention layer `past_cross_key.{i}` / `past_cross_value.{i}` `[B, H_kv, T, D]`."""
         shapes: dict[str, tuple[int, ...]] = {}
         for i in range(self.num_layers):
+            if self.cross_shape(i) is not None:
+                heads, tokens, dim = self.cross_shape(i)
+                shapes[f"past_cross_key.{i}"] = shapes[f"past_cross_value.{i}"] = (cache_batch, heads, tokens, dim)
             if self.key_shapes[i] is not None:
                 (hk, dk), (hv, dv) = self.key_shapes[i], self.value_shapes[i]
                 shapes[f"past_key.{i}"] = (cache_batch, hk, ctx_len, dk)
@@ -223,6 +243,17 @@ def bidirectional_image_blocks(model: PreTrainedModel) -> Callable[[torch.Tensor
     return function if callable(function) and takes_types else None
 
 
+def cross_attention_layers(model: PreTrainedModel) -> tuple[int, ...]:
+    """The cross-attention layers of a vision-language model whose images enter the language model through
+    cross-attention (transformers' interface: the forward takes `cross_attention_states` and `cross_attention_mask`,
+    the text config names its `cross_attention_layers`; Mllama), else ()."""
+    parameters = inspect.signature(model.forward).parameters
+    if "cross_attention_states" not in parameters or "cross_attention_mask" not in parameters:
+        return ()
+    layers = getattr(model.config.get_text_config(decoder=True), "cross_attention_layers", None)
+    return tuple(int(i) for i in layers) if isinstance(layers, (list, tuple)) else ()
+
+
 def multimodal_rope_rows(model: PreTrainedModel) -> int | None:
     """The number of rotary position rows (axes) of a model with multimodal rotary positions (M-RoPE: HF computes
     them with `get_rope_index`), else None."""
@@ -320,6 +351,9 @@ class CausalLMForExport(nn.Module):
         # per-token fields of the vision output beside the features (Qwen3-VL's `deepstack_features`): name ->
         # [L, H]; the graph takes each as `image_<name>` [B, S, L, H] and hands HF a list over L
         self.image_fields: dict[str, tuple[int, ...]] = {}
+        # a cross-attention vision-language model's `cross_attention_mask` rows: (n_images, n_tiles), set with the
+        # retained cross keys' shapes by `use_cross_attention`; None otherwise
+        self.cross_mask_shape: tuple[int, ...] | None = None
         # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
         # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
         self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
@@ -335,6 +369,19 @@ class CausalLMForExport(nn.Module):
         self.adapter = adapter_for(model)
         self.attention = self.model.config._attn_implementation
         self.attention = self._choose_attention()
+
+    def use_cross_attention(self, shapes: dict[int, tuple[int, int, int]], mask_shape: tuple[int, ...]) -> None:
+        """Retain the cross-attention keys and values of layers `shapes` (layer -> (H_kv, T, D), what the vision
+        program computes) and take the per-token `cross_attention_mask` rows of trailing shape `mask_shape`."""
+        for layer in shapes:
+            if layer >= self.layout.num_layers or self.layout.placeholders[layer] != "unused":
+                raise UnsupportedCausalLMError(
+                    f"Layer {layer} of {type(self.model).__name__} is named a cross-attention layer but is not left "
+                    "empty by text-only input, so its cross keys and values cannot be retained beside its cache."
+                )
+        cross = tuple(shapes.get(i) for i in range(self.layout.num_layers))
+        self.layout = dataclasses.replace(self.layout, cross_shapes=cross)
+        self.cross_mask_shape = tuple(int(n) for n in mask_shape)
 
     def _choose_attention(self) -> str:
         """`grouped_query_attention` if the model dispatches through transformers' attention interface and
@@ -370,6 +417,7 @@ class CausalLMForExport(nn.Module):
                 *([torch.zeros(1, 6, self.image_embeds_width)] if self.image_token_id is not None else []),
                 *(torch.zeros(1, 6, *shape) for shape in self.image_fields.values()),
                 *([torch.zeros(1, 6, self.rope_rows)] if self.rope_rows else []),
+                *([torch.zeros(1, 6, *self.cross_mask_shape)] if self.cross_mask_shape else []),
                 *([torch.zeros(1, 1, dtype=torch.int64)] if self.continuous_batching else []),
                 *past,
             )[0]
@@ -412,6 +460,7 @@ class CausalLMForExport(nn.Module):
             "rope_rows": self.rope_rows,
             "bidirectional_image_blocks": self.image_blocks is not None,
             "image_fields": dict(self.image_fields),
+            "cross_attention_mask": self.cross_mask_shape,
         }
 
     @property
@@ -434,6 +483,7 @@ class CausalLMForExport(nn.Module):
         names = ["input_ids", "position_ids"] + (["image_embeds"] if self.image_token_id is not None else [])
         names += [f"image_{name}" for name in self.image_fields]
         names += ["rope_offsets"] if self.rope_rows else []
+        names += ["cross_attention_mask"] if self.cross_mask_shape else []
         names += ["batch_index"] if self.continuous_batching else []
         return names + self.past_names()
 
@@ -470,6 +520,9 @@ class CausalLMForExport(nn.Module):
         per_layer: list[PastEntry] = []
         for i, key_shape in enumerate(self.layout.key_shapes):
             states = self.layout.layer_states(i)
+            if self.layout.cross_shape(i) is not None:
+                per_layer.append(CrossBuffers(next(buffers), next(buffers)))
+                continue
             if key_shape is None and not states:
                 per_layer.append(self.layout.placeholders[i])
                 continue
@@ -508,6 +561,7 @@ class CausalLMForExport(nn.Module):
         image_embeds = rest.pop(0) if self.image_token_id is not None else None
         image_fields = {name: rest.pop(0) for name in self.image_fields}
         rope_offsets = rest.pop(0) if self.rope_rows else None
+        cross_mask = rest.pop(0) if self.cross_mask_shape else None
         batch_index = rest.pop(0) if self.continuous_batching else None
         past = tuple(rest)
         per_layer = self._per_layer(past)
@@ -531,6 +585,8 @@ class CausalLMForExport(nn.Module):
                 rows = values[is_image].to(past[0].dtype)
                 setattr(image, name, [_ImageFeatures([rows[:, layer]]) for layer in range(rows.shape[1])])
             multimodal["mm_encoder_outputs"] = {"image": image}
+        if cross_mask is not None:  # HF prepares the rows (the tiles' vision tokens each image token may read)
+            multimodal["cross_attention_mask"] = cross_mask.to(past[0].dtype)
         rope_positions = position_ids.clamp(min=0)
         if rope_offsets is not None:  # [R, B, S]: each axis's rotary position
             rope_positions = rope_positions.unsqueeze(0) + rope_offsets.permute(2, 0, 1).round().long()

@@ -11,10 +11,18 @@ Two programs by default (`kv_offload=True`, as the reference system does):
   features at its image-token positions as `mm_encoder_outputs`, so HF merges them into the input embeddings exactly
   as its `generate` does.
 
-`kv_offload=False` (one program holding both, the reference system's single-QPC mode) is not implemented yet.
+`kv_offload=False`: one program holding both (the reference system's single-QPC mode), `QEFFImageTextSingleProgram`.
 
 Any model whose HF class takes `mm_encoder_outputs` (81 of transformers' 100 image-text-to-text architectures)
 goes through the same code; nothing here is specific to one architecture.
+
+**Cross-attention models** (Mllama: the forward takes `cross_attention_states` and `cross_attention_mask`, the text
+config names `cross_attention_layers`) take their images through cross-attention layers instead of placeholder
+tokens. Their vision program gives every cross-attention layer's keys and values over the images' vision tokens,
+`cross_key.{i}` / `cross_value.{i}` `[n, H_kv, T, D]` (the model's own vision path and its language model run once on
+a dummy token with a `DynamicCache`, whose cross layers are read back); the language program retains them as
+`past_cross_key.{i}` / `past_cross_value.{i}`, which the host writes into a prompt's cache row before its prefill, and
+takes the per-token rows of `cross_attention_mask`, which HF's forward prepares.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, DynamicCache
 
 from QEfficient.base.modeling_qeff import SINGLE_GRAPH, QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform
@@ -45,6 +53,8 @@ logger = logging.getLogger(__name__)
 # Processor outputs that belong to the text, not to the images.
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids"})
 DEFAULT_IMG_SIZE = 448
+# Processor outputs of a cross-attention model that are per text token (the language program's), not the images'.
+PER_TOKEN_INPUTS = frozenset({"cross_attention_mask"})
 
 
 def image_token_id(config: Any) -> int:
@@ -60,14 +70,20 @@ def image_token_id(config: Any) -> int:
 
 
 def check_image_text_supported(model: nn.Module) -> None:
-    """A clear error for a vision-language model outside the generic mechanism."""
+    """A clear error for a vision-language model outside the generic mechanisms (features that replace image tokens,
+    or cross-attention keys and values)."""
+    from QEfficient.transformers.models.causal_lm_wrapper import cross_attention_layers
+
     name = type(model).__name__
     forward = inspect.signature(model.forward).parameters
-    if "mm_encoder_outputs" not in forward or not hasattr(model, "get_image_features"):
+    cross = bool(cross_attention_layers(model))
+    if not cross and ("mm_encoder_outputs" not in forward or not hasattr(model, "get_image_features")):
         raise UnsupportedModelError(
             f"{name} does not take precomputed image features (`mm_encoder_outputs`) or has no "
-            "`get_image_features`: its images enter the language model another way (cross-attention, an "
-            "encoder-decoder), which QEFFAutoModelForImageTextToText does not implement yet."
+            "`get_image_features`, nor cross-attention states (`cross_attention_states`, `cross_attention_mask` and "
+            "the text config's `cross_attention_layers`): its images enter the language model another way (an "
+            "encoder-decoder, its own cross-attention inputs), which QEFFAutoModelForImageTextToText does not "
+            "implement yet."
         )
     required = forward.get("pixel_values")
     if required is not None and required.default is inspect.Parameter.empty:
@@ -171,15 +187,18 @@ class VisionEncoderForExport(nn.Module):
 
 
 @contextlib.contextmanager
-def eager_vision_attention(model: nn.Module) -> Iterator[None]:
-    """Eager attention in the vision tower (every sub-config but the text one) for the duration of the block: it
-    traces to plain ops everywhere (sdpa with grouped heads does not export), with the same arithmetic."""
-    text = model.config.get_text_config(decoder=True)
-    configs = [
+def eager_attention(model: nn.Module, text: bool = True) -> Iterator[None]:
+    """Eager attention in the model's configs (the main one and every sub-config; with `text=False` the vision tower's
+    only, every sub-config but the text one) for the duration of the block: it traces to plain ops everywhere (sdpa
+    with grouped heads does not export), with the same arithmetic."""
+    text_config = model.config.get_text_config(decoder=True)
+    configs = [model.config] if text else []
+    configs += [
         c
         for name in getattr(model.config, "sub_configs", {})
-        if (c := getattr(model.config, name, None)) is not None and c is not text and hasattr(c, "_attn_implementation")
+        if (c := getattr(model.config, name, None)) is not None and (text or c is not text_config)
     ]
+    configs = [c for c in configs if hasattr(c, "_attn_implementation")]
     saved = [c._attn_implementation for c in configs]
     for config in configs:
         config._attn_implementation = "eager"
@@ -188,6 +207,11 @@ def eager_vision_attention(model: nn.Module) -> Iterator[None]:
     finally:
         for config, value in zip(configs, saved):
             config._attn_implementation = value
+
+
+def eager_vision_attention(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Eager attention in the vision tower (every sub-config but the text one) for the duration of the block."""
+    return eager_attention(model, text=False)
 
 
 # Fields of a vision output that are not per-token features of the merge.
@@ -209,13 +233,50 @@ def extra_image_fields(out: Any) -> dict[str, torch.Tensor]:
     return fields
 
 
+class CrossAttentionVisionForExport(VisionEncoderForExport):
+    """`(image inputs...) -> cross_key.{i}, cross_value.{i}` `[n, H_kv, T, D]` for every cross-attention layer i of a
+    cross-attention vision-language model (Mllama), computed by the model's own code: its forward runs the vision path
+    (vision tower and projector give `cross_attention_states`) and its language model on one dummy token with a
+    `DynamicCache`, whose cross-attention layers then hold their keys and values (projected and normalised as the
+    model does). The rest of that language-model run leaves the graph, unused.
+
+    Every image input is a graph input, the integer ones too (Mllama's `aspect_ratio_ids` / `aspect_ratio_mask` are
+    looked up and multiplied, never turned into shapes), so one program runs images of any aspect ratio."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
+        super().__init__(model)
+        self.layers = tuple(layers)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"{kind}.{i}" for i in self.layers for kind in ("cross_key", "cross_value")]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
+        cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
+        ids = torch.zeros((inputs[0].shape[0], 1), dtype=torch.int64)
+        with eager_attention(self.model):
+            self.model(input_ids=ids, cache=cache, use_cache=True, **kwargs)
+        out = []
+        for i in self.layers:
+            layer = cache.layers[i]
+            if not getattr(layer, "is_initialized", False) or layer.keys.dim() != 4:
+                raise UnsupportedModelError(
+                    f"Cross-attention layer {i} of {type(self.model).__name__} left no keys and values in "
+                    "transformers' Cache when run with images, so they cannot be computed by the vision program."
+                )
+            out += [layer.keys.float(), layer.values.float()]
+        return tuple(out)
+
+
 class QEFFVisionEncoder(QEFFBaseModel):
     """The vision program of a vision-language model: a static graph for one image geometry."""
 
     _pytorch_transforms: ClassVar[list] = [FloatTransform]
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(VisionEncoderForExport(model))
+    def __init__(self, model: nn.Module, module: VisionEncoderForExport | None = None) -> None:
+        """`module`: the graph's module (default `VisionEncoderForExport(model)`)."""
+        super().__init__(module or VisionEncoderForExport(model))
         self.example_shapes: dict[str, tuple[int, ...]] = {}
         self.geometry: dict[str, np.ndarray] = {}  # the integer image inputs the graph was exported for
         self.features_dim: int | None = None  # width of image_features, known once exported
@@ -296,6 +357,81 @@ class QEFFVisionEncoder(QEFFBaseModel):
         module.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
         with torch.no_grad():
             outputs = module(*(tensors[name] for name in module.input_names))
+        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
+
+
+class QEFFCrossAttentionVisionEncoder(QEFFVisionEncoder):
+    """The vision program of a cross-attention vision-language model: the images' cross-attention keys and values of
+    every cross-attention layer (`CrossAttentionVisionForExport`), a static graph for one image count."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
+        super().__init__(model, CrossAttentionVisionForExport(model, layers))
+        self.cross_shapes: dict[int, tuple[int, int, int]] = {}  # layer -> (H_kv, T, D), known once exported
+        self.mask_shape: tuple[int, ...] = ()  # the cross_attention_mask rows' (n_images, n_tiles)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.model.layers
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.model.output_names
+
+    def prepare(self, image_inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Fix the input names and the output shapes for example image inputs (a processor's output for the compiled
+        image count, `pixel_values [1, n_images, n_tiles, C, H, W]`); returns them as tensors."""
+        tensors = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n not in PER_TOKEN_INPUTS}
+        self.model.geometry = {}
+        self.model.input_names = list(tensors)
+        self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        pixels = tensors.get("pixel_values")
+        if pixels is None or pixels.dim() < 3:
+            raise UnsupportedModelError(
+                f"{self.model_name} takes no `pixel_values [batch, images, tiles, ...]`, so the cross-attention mask "
+                "rows' (images, tiles) layout is unknown."
+            )
+        with torch.no_grad():
+            outputs = self.model(*tensors.values())
+        self.cross_shapes = {i: tuple(int(n) for n in k.shape[1:]) for i, k in zip(self.layers, outputs[::2])}
+        self.mask_shape = tuple(int(n) for n in pixels.shape[1:3])
+        tokens = {shape[1] for shape in self.cross_shapes.values()}
+        if len(tokens) != 1 or tokens.pop() % int(np.prod(self.mask_shape)):
+            raise UnsupportedModelError(
+                f"{self.model_name}'s cross-attention keys {self.cross_shapes} do not cover the images' "
+                f"{self.mask_shape} (images, tiles) in equal parts, as HF's cross-attention mask expects."
+            )
+        return tensors
+
+    def export(self, export_dir: str | Path | None = None, image_inputs: dict[str, np.ndarray] | None = None) -> Path:
+        """Export for the image inputs `image_inputs` (a processor's output for the compiled image count)."""
+        if image_inputs is None:
+            raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
+        example = self.prepare(image_inputs)
+        return self._export(example, self.output_names, {}, export_dir)
+
+    def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`{"cross_key.{i}": [n, H_kv, T, D], "cross_value.{i}": ...}` for image inputs of the compiled shapes."""
+        self.check_geometry(image_inputs)
+        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
+        outputs = self.program.run(feed)
+        return {name: outputs[name] for name in self.output_names}
+
+    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
+        """A clear error unless the image inputs have the compiled shapes (the image count above all)."""
+        shapes = {name: tuple(np.shape(v)) for name, v in image_inputs.items() if name in self.example_shapes}
+        if shapes != self.example_shapes:
+            raise ValueError(
+                f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
+                f"A cross-attention model's prompt with images has exactly the compiled number of images "
+                f"({self.mask_shape[0] if self.mask_shape else '?'}): its text tokens before the image attend to "
+                "every vision token, so the count changes the answer. Compile with num_images=..."
+            )
+
+    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The same outputs from the PyTorch module (for validation)."""
+        tensors = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n in self.example_shapes}
+        with torch.no_grad():
+            outputs = self.model(*(tensors[name] for name in self.model.input_names))
         return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
 
 
@@ -413,7 +549,8 @@ class QEFFImageTextSingleProgram(QEFFBaseModel):
 
 
 class QEFFAutoModelForImageTextToText:
-    """Vision-language models (LLaVA, LLaVA-NeXT, Gemma3, Mistral3, InternVL, Llama4, Qwen2.5-VL, ...).
+    """Vision-language models (LLaVA, LLaVA-NeXT, Gemma3, Mistral3, InternVL, Llama4, Qwen2.5-VL, ...; Mllama through
+    its cross-attention layers).
 
     ```python
     model = QEFFAutoModelForImageTextToText.from_pretrained(path)           # kv_offload=True: two programs
@@ -437,7 +574,17 @@ class QEFFAutoModelForImageTextToText:
         processor: Any = None,
         pretrained_model_name_or_path: str | None = None,
     ) -> None:
+        from QEfficient.transformers.models.causal_lm_wrapper import cross_attention_layers
+
         check_image_text_supported(model)
+        # the cross-attention layers of a model that takes its images through cross-attention (Mllama), else ()
+        self.cross_layers = cross_attention_layers(model)
+        if self.cross_layers and not kv_offload:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} takes its images through cross-attention layers: it runs as two programs "
+                "(kv_offload=True, the default), the vision program computing the cross-attention keys and values "
+                "that the language program retains; kv_offload=False is not implemented for such models."
+            )
         if not kv_offload and continuous_batching:
             raise ValueError("kv_offload=False runs one prompt at a time: it does not take continuous_batching=True.")
         prepare_for_export(model)
@@ -446,10 +593,14 @@ class QEFFAutoModelForImageTextToText:
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.image_token_id = image_token_id(model.config)
         self.hf_model = model
-        self.vision = QEFFVisionEncoder(model)
-        self.language = QEFFAutoModelForCausalLM(
-            model, continuous_batching=continuous_batching, image_token_id=self.image_token_id
-        )
+        if self.cross_layers:  # the language program takes cross keys and values, not features at image tokens
+            self.vision: QEFFVisionEncoder = QEFFCrossAttentionVisionEncoder(model, self.cross_layers)
+            self.language = QEFFAutoModelForCausalLM(model, continuous_batching=continuous_batching)
+        else:
+            self.vision = QEFFVisionEncoder(model)
+            self.language = QEFFAutoModelForCausalLM(
+                model, continuous_batching=continuous_batching, image_token_id=self.image_token_id
+            )
         self.single = None if kv_offload else QEFFImageTextSingleProgram(self.vision, self.language)
         self.image_size: tuple[int, int] | None = None
         self.num_images = 1
@@ -498,8 +649,10 @@ class QEFFAutoModelForImageTextToText:
         from PIL import Image
 
         height, width = _size_pair(img_size or _default_img_size(self.hf_model.config))
-        images = [Image.new("RGB", (width, height), (127, 127, 127)) for _ in range(num_images)]
+        images: list = [Image.new("RGB", (width, height), (127, 127, 127)) for _ in range(num_images)]
         image_processor = getattr(processor, "image_processor", processor)
+        if self.cross_layers:  # the images of one prompt
+            images = [images]
         return image_inputs_of(image_processor(images=images, return_tensors="np"), self.hf_model)
 
     def compile(
@@ -524,6 +677,20 @@ class QEFFAutoModelForImageTextToText:
         number of them), else together.
         """
         paths: dict[str, Path] = {}
+        if self.cross_layers:
+            return self._compile_cross_attention(
+                img_size,
+                prefill_seq_len,
+                ctx_len,
+                batch_size,
+                full_batch_size,
+                num_images,
+                image_inputs,
+                backend,
+                skip_vision,
+                skip_lang,
+                **backend_options,
+            )
         if self.single is not None:  # one program: the vision encoder inside the language program's prefill
             if batch_size != 1 or full_batch_size:
                 raise ValueError("kv_offload=False compiles one prompt at a time: batch_size=1, no full_batch_size.")
@@ -546,14 +713,54 @@ class QEFFAutoModelForImageTextToText:
             )
         return paths
 
+    def _compile_cross_attention(
+        self,
+        img_size: int | tuple[int, int] | None,
+        prefill_seq_len: int,
+        ctx_len: int,
+        batch_size: int,
+        full_batch_size: int | None,
+        num_images: int,
+        image_inputs: dict[str, np.ndarray] | None,
+        backend: str,
+        skip_vision: bool,
+        skip_lang: bool,
+        **backend_options: Any,
+    ) -> dict[str, Path]:
+        """`compile` for a cross-attention model: the vision program for `num_images` images per prompt (the image
+        inputs of one prompt), then the language program retaining the cross keys and values of that many images."""
+        paths: dict[str, Path] = {}
+        inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
+        inputs = {name: value for name, value in inputs.items() if name not in PER_TOKEN_INPUTS}
+        self.image_size = _size_pair(img_size) if img_size else None
+        if skip_vision:
+            self.vision.prepare(inputs)
+        else:
+            paths["vision"] = self.vision.compile(inputs, backend=backend, **backend_options)
+        self.num_images = self.vision.mask_shape[0]
+        if not skip_lang:
+            language = self.language
+            if language.model.layout.cross_shapes != tuple(
+                self.vision.cross_shapes.get(i) for i in range(language.model.layout.num_layers)
+            ):
+                language.model.use_cross_attention(self.vision.cross_shapes, self.vision.mask_shape)
+                language.onnx_path = None  # the buffers' shapes changed: export again
+            paths["language"] = language.compile(
+                prefill_seq_len, ctx_len, batch_size, full_batch_size, backend=backend, **backend_options
+            )
+        return paths
+
     # ---- running -------------------------------------------------------------------------------------
 
     def image_features(self, image_inputs: dict[str, np.ndarray], runtime: str = "compiled") -> dict[str, np.ndarray]:
         """The vision outputs of the images in `image_inputs` (a processor's output), rows in prompt order:
-        `image_features [N, H]` and any extra per-token fields."""
+        `image_features [N, H]` and any extra per-token fields; for a cross-attention model, the cross-attention
+        keys and values `cross_key.{i}` / `cross_value.{i}` `[1, H_kv, T, D]` of one prompt's images."""
         run = self.vision.run if runtime == "compiled" else self.vision.pytorch
         if runtime not in ("compiled", "pytorch"):
             raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
+        if self.cross_layers:  # the cross keys and values of one prompt's images
+            return run({name: v for name, v in image_inputs.items() if name not in PER_TOKEN_INPUTS})
         compiled = self.vision.example_shapes
         shapes = {name: np.shape(value) for name, value in image_inputs.items()}
         if runtime == "compiled" and shapes != compiled and _per_image(shapes, compiled, self.num_images):
@@ -762,6 +969,10 @@ class QEFFAutoModelForImageTextToText:
         from QEfficient.generation.text_generation import TextGenerator
 
         rows = [[int(t) for t in ids] for ids in rows]
+        if self.cross_layers:
+            return self._generate_cross_attention(
+                rows, image_inputs, generation_len, sampling, stop_strings, streamer, tokenizer, runtime
+            )
         features, prompt_inputs, vision_s = [], [], 0.0
         for i, (ids, inputs) in enumerate(zip(rows, image_inputs)):
             if self.single is None:
@@ -786,6 +997,68 @@ class QEFFAutoModelForImageTextToText:
             False,
             token_features=features,
             prompt_inputs=prompt_inputs or None,
+        )
+        out.perf_metrics.vision_s = vision_s
+        out.perf_metrics.ttft_s += vision_s
+        out.perf_metrics.total_s += vision_s
+        return out
+
+    def _generate_cross_attention(
+        self,
+        rows: list[list[int]],
+        image_inputs: Sequence[dict[str, np.ndarray] | None],
+        generation_len: int | None,
+        sampling: Any,
+        stop_strings: Sequence[str],
+        streamer: Any,
+        tokenizer: Any,
+        runtime: str,
+    ):  # noqa: ANN202 - GenerationOutput
+        """`_generate_rows` for a cross-attention model: per prompt with images, the vision program's cross keys and
+        values become its cache row's initial `past_cross_key.{i}` / `past_cross_value.{i}`, and the processor's
+        `cross_attention_mask` its per-token input (a prompt without images: zeros for both, which gives HF's
+        result with the cross-attention layers skipped)."""
+        if runtime not in ("compiled", "pytorch"):
+            raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
+        features, initial, vision_s = [], [], 0.0
+        for i, (ids, inputs) in enumerate(zip(rows, image_inputs)):
+            images = {name: v for name, v in (inputs or {}).items() if name not in PER_TOKEN_INPUTS}
+            count = sum(t == self.image_token_id for t in ids)
+            if not images:
+                if count:
+                    raise ValueError(f"Prompt {i} has image tokens but no image was given.")
+                features.append(None)
+                initial.append(None)
+                continue
+            self.vision.check_geometry(images)  # the compiled image count above all
+            mask = (inputs or {}).get("cross_attention_mask")
+            expected = (1, len(ids), *self.vision.mask_shape)
+            if mask is None or tuple(np.shape(mask)) != expected:
+                raise ValueError(
+                    f"Prompt {i} needs its cross_attention_mask {expected} ([1, tokens, images, tiles], as the "
+                    f"processor makes it); got {None if mask is None else tuple(np.shape(mask))}. Prompts with images "
+                    f"have exactly the compiled {self.num_images} image(s)."
+                )
+            if count != self.num_images:
+                raise ValueError(
+                    f"Prompt {i} has {count} image tokens for the {self.num_images} image(s) its inputs hold: put one "
+                    "image token per image in the prompt."
+                )
+            t0 = time.perf_counter()
+            cross = self.vision.run(images) if runtime == "compiled" else self.vision.pytorch(images)
+            vision_s += time.perf_counter() - t0
+            initial.append({f"past_{name}": value for name, value in cross.items()})
+            features.append({"cross_attention_mask": np.asarray(mask, dtype=np.float32)[0]})
+        generator = self.language.text_generator(tokenizer=tokenizer)
+        out = generator.generate(
+            rows,
+            generation_len,
+            sampling,
+            stop_strings,
+            streamer,
+            False,
+            token_features=features,
+            initial_state=initial,
         )
         out.perf_metrics.vision_s = vision_s
         out.perf_metrics.ttft_s += vision_s
