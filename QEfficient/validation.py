@@ -553,18 +553,15 @@ def validate_image_text_to_text(
     """HF `generate` (greedy, on the processor's inputs) against the compiled vision and language programs: the
     vision features (max |diff| from the PyTorch vision encoder) and the new tokens (exact). `images` default to one
     random picture of the vision config's size."""
-    from QEfficient.transformers.models.image_text_to_text import (
-        QEFFAutoModelForImageTextToText,
-        _default_img_size,
-        as_rgb_image,
-    )
+    from QEfficient.transformers.models.image_inputs import as_rgb_image, default_img_size
+    from QEfficient.transformers.models.image_text_to_text import QEFFAutoModelForImageTextToText
 
     if not isinstance(model, QEFFAutoModelForImageTextToText):
         model = QEFFAutoModelForImageTextToText.from_pretrained(model)
     qeff = model
     report = ValidationReport(qeff.model_name, 0.0)
     if not images:
-        side = _default_img_size(qeff.hf_model.config)
+        side = default_img_size(qeff.hf_model.config)
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8)]
     images = [as_rgb_image(image, i) for i, image in enumerate(images)]

@@ -171,7 +171,7 @@ def _picture(config: Any) -> Any:
 
 def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Image inputs for one random picture, as the model's image processor makes them."""
-    from QEfficient.transformers.models.image_text_to_text import image_inputs_of
+    from QEfficient.transformers.models.image_inputs import image_inputs_of
 
     processor = _image_processor(model_type, config)
     vision = getattr(config, "vision_config", None)
@@ -207,7 +207,7 @@ def open_closed_gates(model: torch.nn.Module) -> None:
 
 
 def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray]) -> int:
-    from QEfficient.transformers.models.image_text_to_text import VisionEncoderForExport
+    from QEfficient.transformers.models.vision_encoder import VisionEncoderForExport
 
     encoder = VisionEncoderForExport(model)
     tensors = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
@@ -218,7 +218,7 @@ def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray
 
 
 def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:
-    from QEfficient.transformers.models.image_text_to_text import image_token_id
+    from QEfficient.transformers.models.image_inputs import image_token_id
 
     inputs = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
     input_ids = torch.tensor([ids])
@@ -253,10 +253,10 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
     """HF `generate` == the compiled vision + language programs, exact greedy tokens."""
     from QEfficient.sweep.checks import randomize_zero_matrices
     from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError, cross_attention_layers
+    from QEfficient.transformers.models.image_inputs import image_token_id
     from QEfficient.transformers.models.image_text_to_text import (
         QEFFAutoModelForImageTextToText,
         check_image_text_supported,
-        image_token_id,
     )
     from QEfficient.transformers.models.registry import UnsupportedModelError
 

@@ -25,48 +25,41 @@ a dummy token with a `DynamicCache`, whose cross layers are read back); the lang
 takes the per-token rows of `cross_attention_mask`, which HF's forward prepares.
 """
 
+
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForImageTextToText, DynamicCache
+from transformers import AutoModelForImageTextToText
 
-from QEfficient.base.modeling_qeff import SINGLE_GRAPH, QEFFBaseModel
-from QEfficient.base.pytorch_transforms import FloatTransform
 from QEfficient.transformers.loading import load_pretrained, prepare_for_export
 from QEfficient.transformers.models.causal_lm import QEFFAutoModelForCausalLM
+from QEfficient.transformers.models.image_inputs import (
+    PER_TOKEN_INPUTS,
+    as_rgb_image,
+    default_img_size,
+    image_inputs_of,
+    image_token_id,
+    images_in,
+    load_processor,
+    per_image_groups,
+    size_pair,
+)
+from QEfficient.transformers.models.image_text_single_program import QEFFImageTextSingleProgram
 from QEfficient.transformers.models.modeling_auto import DEFAULT_CTX_LEN
 from QEfficient.transformers.models.registry import UnsupportedModelError
+from QEfficient.transformers.models.vision_encoder import QEFFCrossAttentionVisionEncoder, QEFFVisionEncoder
 
 logger = logging.getLogger(__name__)
-
-# Processor outputs that belong to the text, not to the images.
-TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids"})
-DEFAULT_IMG_SIZE = 448
-# Processor outputs of a cross-attention model that are per text token (the language program's), not the images'.
-PER_TOKEN_INPUTS = frozenset({"cross_attention_mask"})
-
-
-def image_token_id(config: Any) -> int:
-    """The placeholder token that a vision-language model's images replace in the prompt."""
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    raise UnsupportedModelError(
-        f"{type(config).__name__} names no image token (`image_token_id` / `image_token_index`): its images do not "
-        "replace placeholder tokens of the prompt, which is what QEFFAutoModelForImageTextToText implements."
-    )
 
 
 def check_image_text_supported(model: nn.Module) -> None:
@@ -102,450 +95,6 @@ def check_image_text_supported(model: nn.Module) -> None:
         )
     image_token_id(model.config)
 
-
-def image_inputs_of(encoded: dict[str, Any], model: nn.Module | None = None) -> dict[str, np.ndarray]:
-    """The image part of a processor's output (everything but the text inputs), as numpy arrays; with `model`, only
-    what its forward takes (processors also return bookkeeping such as Gemma3's `num_crops`)."""
-    accepted = set(inspect.signature(model.forward).parameters) if model is not None else None
-    arrays = {}
-    for name, value in encoded.items():
-        if name in TEXT_INPUTS or value is None or (accepted is not None and name not in accepted):
-            continue
-        arrays[name] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    return arrays
-
-
-def as_rgb_image(image: Any, index: int = 0) -> Any:
-    """A PIL RGB image from a PIL image, a path or a `[H, W]` / `[H, W, 3|4]` array; clear errors otherwise."""
-    from PIL import Image
-
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"Image {index}: no file at {path}.")
-        image = Image.open(path)
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ValueError(
-                f"Image {index} is an array of shape {image.shape}; expected [H, W] or [H, W, C] with C in 1, 3, 4."
-            )
-        if image.size == 0:
-            raise ValueError(f"Image {index} is empty (shape {image.shape}).")
-        array = image if image.dtype == np.uint8 else np.clip(np.asarray(image) * 255.0, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1 else array)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"Image {index} is a {type(image).__name__}; give a PIL image, a file path or a numpy array.")
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"Image {index} has zero size ({image.width}x{image.height}).")
-    if image.mode != "RGB":
-        try:
-            converted = image.convert("RGB")
-        except (ValueError, OSError) as exc:
-            raise ValueError(
-                f"Image {index} is in mode {image.mode!r}, which cannot be converted to RGB ({exc}); convert it first."
-            ) from exc
-        logger.info("Image %d: converted from mode %s to RGB.", index, image.mode)
-        image = converted
-    return image
-
-
-class VisionEncoderForExport(nn.Module):
-    """`(image inputs...) -> image_features [N, H]`: HF's `get_image_features` (vision tower and projector), the
-    per-image outputs concatenated in order, as the language model's merge consumes them.
-
-    The floating-point inputs (`pixel_values`) are graph inputs; the integer ones describe the images' geometry
-    (`image_sizes`, `image_grid_thw`, ...), which HF's Python code turns into shapes, so they are fixed at export
-    (`geometry`) and the program checks that the images it runs have the same."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names: list[str] = []
-        self.geometry: dict[str, torch.Tensor] = {}
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
-        kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
-        with eager_vision_attention(self.model):
-            out = self.model.get_image_features(**kwargs, return_dict=True)
-        extras = extra_image_fields(out)
-        return (self._features(out), *extras.values())
-
-    @staticmethod
-    def _features(out: Any) -> torch.Tensor:
-        # what the language model's merge reads: the projected per-image features (`pooler_output`), or, for a model
-        # that projects inside its forward (Llama4), the vision tower's `last_hidden_state`
-        features = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
-        features = getattr(features, "last_hidden_state", features)
-        if isinstance(features, (list, tuple)):
-            features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
-        return features.reshape(-1, features.shape[-1]).float()
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module, text: bool = True) -> Iterator[None]:
-    """Eager attention in the model's configs (the main one and every sub-config; with `text=False` the vision tower's
-    only, every sub-config but the text one) for the duration of the block: it traces to plain ops everywhere (sdpa
-    with grouped heads does not export), with the same arithmetic."""
-    text_config = model.config.get_text_config(decoder=True)
-    configs = [model.config] if text else []
-    configs += [
-        c
-        for name in getattr(model.config, "sub_configs", {})
-        if (c := getattr(model.config, name, None)) is not None and (text or c is not text_config)
-    ]
-    configs = [c for c in configs if hasattr(c, "_attn_implementation")]
-    saved = [c._attn_implementation for c in configs]
-    for config in configs:
-        config._attn_implementation = "eager"
-    try:
-        yield
-    finally:
-        for config, value in zip(configs, saved):
-            config._attn_implementation = value
-
-
-def eager_vision_attention(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """Eager attention in the vision tower (every sub-config but the text one) for the duration of the block."""
-    return eager_attention(model, text=False)
-
-
-# Fields of a vision output that are not per-token features of the merge.
-_NOT_FEATURES = frozenset({"last_hidden_state", "pooler_output", "hidden_states", "attentions"})
-
-
-def extra_image_fields(out: Any) -> dict[str, torch.Tensor]:
-    """Per-token fields of a vision output beside the features, each `[N, L, H]`: lists over L layers of per-image
-    `[n_i, H]` tensors (or of `[N, H]` tensors), such as Qwen3-VL's `deepstack_features`, which the language model
-    adds to its hidden states at the image positions."""
-    fields = {}
-    items = out.items() if hasattr(out, "items") else ()
-    for name, value in items:
-        if name in _NOT_FEATURES or not isinstance(value, (list, tuple)) or not value:
-            continue
-        layers = [torch.cat(list(v)) if isinstance(v, (list, tuple)) else v for v in value]
-        if all(isinstance(layer, torch.Tensor) for layer in layers):
-            fields[name] = torch.stack([layer.reshape(-1, layer.shape[-1]) for layer in layers], dim=1).float()
-    return fields
-
-
-class CrossAttentionVisionForExport(VisionEncoderForExport):
-    """`(image inputs...) -> cross_key.{i}, cross_value.{i}` `[n, H_kv, T, D]` for every cross-attention layer i of a
-    cross-attention vision-language model (Mllama), computed by the model's own code: its forward runs the vision path
-    (vision tower and projector give `cross_attention_states`) and its language model on one dummy token with a
-    `DynamicCache`, whose cross-attention layers then hold their keys and values (projected and normalised as the
-    model does). The rest of that language-model run leaves the graph, unused.
-
-    Every image input is a graph input, the integer ones too (Mllama's `aspect_ratio_ids` / `aspect_ratio_mask` are
-    looked up and multiplied, never turned into shapes), so one program runs images of any aspect ratio."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
-        super().__init__(model)
-        self.layers = tuple(layers)
-
-    @property
-    def output_names(self) -> list[str]:
-        return [f"{kind}.{i}" for i in self.layers for kind in ("cross_key", "cross_value")]
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
-        cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
-        ids = torch.zeros((inputs[0].shape[0], 1), dtype=torch.int64)
-        with eager_attention(self.model):
-            self.model(input_ids=ids, cache=cache, use_cache=True, **kwargs)
-        out = []
-        for i in self.layers:
-            layer = cache.layers[i]
-            if not getattr(layer, "is_initialized", False) or layer.keys.dim() != 4:
-                raise UnsupportedModelError(
-                    f"Cross-attention layer {i} of {type(self.model).__name__} left no keys and values in "
-                    "transformers' Cache when run with images, so they cannot be computed by the vision program."
-                )
-            out += [layer.keys.float(), layer.values.float()]
-        return tuple(out)
-
-
-class QEFFVisionEncoder(QEFFBaseModel):
-    """The vision program of a vision-language model: a static graph for one image geometry."""
-
-    _pytorch_transforms: ClassVar[list] = [FloatTransform]
-
-    def __init__(self, model: nn.Module, module: VisionEncoderForExport | None = None) -> None:
-        """`module`: the graph's module (default `VisionEncoderForExport(model)`)."""
-        super().__init__(module or VisionEncoderForExport(model))
-        self.example_shapes: dict[str, tuple[int, ...]] = {}
-        self.geometry: dict[str, np.ndarray] = {}  # the integer image inputs the graph was exported for
-        self.features_dim: int | None = None  # width of image_features, known once exported
-        self.extra_fields: dict[str, tuple[int, ...]] = {}  # per-token fields beside the features: name -> [L, H]
-
-    @property
-    def model_name(self) -> str:
-        return f"{type(self.model.model).__name__}-vision"
-
-    def export(self, export_dir: str | Path | None = None, image_inputs: dict[str, np.ndarray] | None = None) -> Path:
-        """Export for the image inputs `image_inputs` (a processor's output for the compiled image size)."""
-        if image_inputs is None:
-            raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
-        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
-        example = {name: t for name, t in tensors.items() if t.is_floating_point()}
-        self.model.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
-        self.model.input_names = list(example)
-        self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-        self.geometry = {name: t.numpy() for name, t in self.model.geometry.items()}
-        with torch.no_grad():
-            outputs = self.model(*example.values())
-            extras = extra_image_fields(
-                self.model.model.get_image_features(**{**example, **self.model.geometry}, return_dict=True)
-            )
-        self.features_dim = int(outputs[0].shape[-1])
-        self.extra_fields = {name: tuple(value.shape[1:]) for name, value in extras.items()}
-        rows = {int(o.shape[0]) for o in outputs}
-        if len(rows) != 1:
-            raise UnsupportedModelError(
-                f"{self.model_name}'s vision output fields {list(extras)} do not have one row per image token."
-            )
-        return self._export(example, self.output_names, {}, export_dir)
-
-    @property
-    def output_names(self) -> list[str]:
-        return ["image_features", *(f"image_{name}" for name in self.extra_fields)]
-
-    def compile(
-        self,
-        image_inputs: dict[str, np.ndarray] | None = None,
-        backend: str = "onnxruntime",
-        compile_dir: str | Path | None = None,
-        **backend_options: Any,
-    ) -> Path:
-        """Export for `image_inputs` (if not done) and compile; returns the program directory."""
-        if image_inputs is not None or self.onnx_path is None:
-            self.export(image_inputs=image_inputs)
-        return self._compile({SINGLE_GRAPH: [{}]}, backend=backend, compile_dir=compile_dir, **backend_options)
-
-    def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`{"image_features": [N, H], "image_<field>": [N, L, H] ...}` for image inputs of the compiled geometry."""
-        self.check_geometry(image_inputs)
-        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
-        outputs = self.program.run(feed)
-        return {name: outputs[name] for name in self.output_names}
-
-    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
-        """A clear error unless the image inputs have the compiled shapes and geometry."""
-        shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
-        if shapes != self.example_shapes:
-            raise ValueError(
-                f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
-                "Compile for this image size and count (compile(img_size=..., num_images=...)), or resize the images."
-            )
-        for name, value in self.geometry.items():
-            if not np.array_equal(np.asarray(image_inputs[name]), value):
-                raise ValueError(
-                    f"The vision encoder is compiled for images with {name} = {value.tolist()}; these images have "
-                    f"{np.asarray(image_inputs[name]).tolist()}. Compile for this image size (compile(img_size=...)) "
-                    "or resize the images."
-                )
-
-    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The same outputs from the PyTorch module, for any image inputs (for validation)."""
-        module = VisionEncoderForExport(self.model.model)
-        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
-        module.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
-        module.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
-        with torch.no_grad():
-            outputs = module(*(tensors[name] for name in module.input_names))
-        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
-
-
-class QEFFCrossAttentionVisionEncoder(QEFFVisionEncoder):
-    """The vision program of a cross-attention vision-language model: the images' cross-attention keys and values of
-    every cross-attention layer (`CrossAttentionVisionForExport`), a static graph for one image count."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
-        super().__init__(model, CrossAttentionVisionForExport(model, layers))
-        self.cross_shapes: dict[int, tuple[int, int, int]] = {}  # layer -> (H_kv, T, D), known once exported
-        self.mask_shape: tuple[int, ...] = ()  # the cross_attention_mask rows' (n_images, n_tiles)
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self.model.layers
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.model.output_names
-
-    def prepare(self, image_inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Fix the input names and the output shapes for example image inputs (a processor's output for the compiled
-        image count, `pixel_values [1, n_images, n_tiles, C, H, W]`); returns them as tensors."""
-        tensors = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n not in PER_TOKEN_INPUTS}
-        self.model.geometry = {}
-        self.model.input_names = list(tensors)
-        self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-        pixels = tensors.get("pixel_values")
-        if pixels is None or pixels.dim() < 3:
-            raise UnsupportedModelError(
-                f"{self.model_name} takes no `pixel_values [batch, images, tiles, ...]`, so the cross-attention mask "
-                "rows' (images, tiles) layout is unknown."
-            )
-        with torch.no_grad():
-            outputs = self.model(*tensors.values())
-        self.cross_shapes = {i: tuple(int(n) for n in k.shape[1:]) for i, k in zip(self.layers, outputs[::2])}
-        self.mask_shape = tuple(int(n) for n in pixels.shape[1:3])
-        tokens = {shape[1] for shape in self.cross_shapes.values()}
-        if len(tokens) != 1 or tokens.pop() % int(np.prod(self.mask_shape)):
-            raise UnsupportedModelError(
-                f"{self.model_name}'s cross-attention keys {self.cross_shapes} do not cover the images' "
-                f"{self.mask_shape} (images, tiles) in equal parts, as HF's cross-attention mask expects."
-            )
-        return tensors
-
-    def export(self, export_dir: str | Path | None = None, image_inputs: dict[str, np.ndarray] | None = None) -> Path:
-        """Export for the image inputs `image_inputs` (a processor's output for the compiled image count)."""
-        if image_inputs is None:
-            raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
-        example = self.prepare(image_inputs)
-        return self._export(example, self.output_names, {}, export_dir)
-
-    def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`{"cross_key.{i}": [n, H_kv, T, D], "cross_value.{i}": ...}` for image inputs of the compiled shapes."""
-        self.check_geometry(image_inputs)
-        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
-        outputs = self.program.run(feed)
-        return {name: outputs[name] for name in self.output_names}
-
-    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
-        """A clear error unless the image inputs have the compiled shapes (the image count above all)."""
-        shapes = {name: tuple(np.shape(v)) for name, v in image_inputs.items() if name in self.example_shapes}
-        if shapes != self.example_shapes:
-            raise ValueError(
-                f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
-                f"A cross-attention model's prompt with images has exactly the compiled number of images "
-                f"({self.mask_shape[0] if self.mask_shape else '?'}): its text tokens before the image attend to "
-                "every vision token, so the count changes the answer. Compile with num_images=..."
-            )
-
-    def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The same outputs from the PyTorch module (for validation)."""
-        tensors = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n in self.example_shapes}
-        with torch.no_grad():
-            outputs = self.model(*(tensors[name] for name in self.model.input_names))
-        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
-
-
-class ImageTextForExport(nn.Module):
-    """The vision encoder and the language model in one module, for the single program (`kv_offload=False`).
-
-    Two graphs are traced from it: **prefill** `(input_ids, position_ids, image_embeds, [image_<field>...],
-    [rope_offsets], <image inputs>..., past...)` runs the vision encoder and hands each image token its feature row
-    (the k-th image token of the flattened batch the k-th row) to the language model; **decode** takes the language
-    model's own inputs. The two are told apart by their number of inputs.
-    """
-
-    def __init__(self, vision: VisionEncoderForExport, language: nn.Module) -> None:
-        super().__init__()
-        self.vision = vision
-        self.language = language
-
-    @property
-    def config(self) -> Any:
-        return self.language.config
-
-    @property
-    def export_identity(self) -> dict[str, Any]:
-        return {"language": self.language.export_identity, "vision_inputs": list(self.vision.input_names)}
-
-    def language_inputs_before_past(self) -> int:
-        """How many language inputs come before the past buffers: ids, positions, image_embeds, fields, rope."""
-        return 3 + len(self.language.image_fields) + (1 if self.language.rope_rows else 0)
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        head = self.language_inputs_before_past()
-        n_past = len(self.language.past_names())
-        if len(inputs) == head + n_past:  # decode: the language model alone
-            return self.language(*inputs)
-        language, images, past = inputs[:head], inputs[head : len(inputs) - n_past], inputs[len(inputs) - n_past :]
-        input_ids = language[0]
-        outputs = self.vision(*images)  # image_features [N, H], then the extra fields [N, L, H]
-        is_image = (input_ids == self.language.image_token_id).reshape(-1)
-        index = (is_image.long().cumsum(0) - 1).clamp(min=0)
-        per_token = []
-        # image_embeds take the features and a flag column of ones; the extra fields take their rows
-        outputs = (torch.cat([outputs[0], outputs[0].new_ones((outputs[0].shape[0], 1))], dim=-1), *outputs[1:])
-        for given, rows in zip(language[2 : 3 + len(self.language.image_fields)], outputs):
-            gathered = rows[index].reshape(*input_ids.shape, *rows.shape[1:])
-            keep = is_image.reshape(*input_ids.shape, *([1] * (rows.dim() - 1)))
-            per_token.append(torch.where(keep, gathered, given))
-        return self.language(*language[:2], *per_token, *language[3 + len(self.language.image_fields) :], *past)
-
-
-class QEFFImageTextSingleProgram(QEFFBaseModel):
-    """`kv_offload=False`: one program whose prefill graph runs the vision encoder and the language model and whose
-    decode graph is the language model (docs/image_text_to_text.md). Prompts run one at a time, each prefilled in one
-    chunk, with images of the compiled geometry."""
-
-    def __init__(self, vision: QEFFVisionEncoder, language: QEFFAutoModelForCausalLM) -> None:
-        super().__init__(ImageTextForExport(vision.model, language.model))
-        self.vision = vision
-        self.language = language
-
-    @property
-    def model_name(self) -> str:
-        return f"{type(self.language.hf_model).__name__}-single"
-
-    def export(self, export_dir: str | Path | None = None) -> Path:
-        """Export the prefill and decode graphs (call `compile`, which knows the shapes)."""
-        raise ValueError("The single program is exported by compile(...): it needs the image inputs and the shapes.")
-
-    def compile(
-        self,
-        image_inputs: dict[str, np.ndarray],
-        prefill_seq_len: int,
-        ctx_len: int,
-        backend: str = "onnxruntime",
-        **backend_options: Any,
-    ) -> Path:
-        """Export (cached) and compile both graphs for one prompt of up to `prefill_seq_len` tokens and these images."""
-        from QEfficient.base.modeling_qeff import GraphExport
-
-        self.vision.export(image_inputs=image_inputs)  # fixes the geometry and the output fields
-        self.language.model.image_features_dim = self.vision.features_dim
-        self.language.model.image_fields = dict(self.vision.extra_fields)
-        self.language.ctx_len = ctx_len
-        decode = self.language._graph_export(1, ctx_len)
-        prefill = self.language._graph_export(prefill_seq_len, ctx_len)
-        names = self.vision.model.input_names
-        images = {n: torch.from_numpy(np.asarray(v)) for n, v in image_inputs.items() if n in names}
-        past = {n: t for n, t in prefill.example_inputs.items() if n.startswith("past_")}
-        head = {n: t for n, t in prefill.example_inputs.items() if not n.startswith("past_")}
-        count = int(self.vision.pytorch(image_inputs)["image_features"].shape[0])
-        head["input_ids"] = head["input_ids"][:1].clone()
-        head["position_ids"] = torch.arange(prefill_seq_len).unsqueeze(0)
-        head["input_ids"][0, 1 : 1 + min(count, prefill_seq_len - 1)] = self.language.model.image_token_id
-        head = {n: t[:1] for n, t in head.items()}
-        past = {n: t[:1] for n, t in past.items()}
-        static = {n: {0: "batch_size"} for n in (*head, *past, *prefill.output_names)}
-        graphs = {
-            "prefill": GraphExport({**head, **images, **past}, prefill.output_names, static),
-            "decode": GraphExport(decode.example_inputs, decode.output_names, decode.dynamic_axes),
-        }
-        self._export_graphs(graphs)
-        specs = {"prefill": [{"batch_size": 1}], "decode": [{"batch_size": 1}]}
-        settings = {
-            "prefill_seq_len": prefill_seq_len,
-            "ctx_len": ctx_len,
-            "batch_size": 1,
-            "full_batch_size": None,
-            "eos_token_ids": self.language.eos_token_ids(),
-            "left_padding": False,
-            "single_chunk_prefill": True,
-            "token_inputs": self.language.token_inputs,
-        }
-        program = self._compile(specs, backend=backend, metadata={"generation": settings}, **backend_options)
-        self.program.load_all()
-        return program
 
 
 class QEFFAutoModelForImageTextToText:
@@ -619,7 +168,7 @@ class QEFFAutoModelForImageTextToText:
         (from the same folder, when one is saved there; else pass `processor=` to `generate`)."""
         hf_model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
         if processor is None:
-            processor = _load_processor(getattr(hf_model, "name_or_path", "") or str(pretrained_model_name_or_path))
+            processor = load_processor(getattr(hf_model, "name_or_path", "") or str(pretrained_model_name_or_path))
         return cls(
             hf_model,
             kv_offload=kv_offload,
@@ -648,7 +197,7 @@ class QEFFAutoModelForImageTextToText:
             )
         from PIL import Image
 
-        height, width = _size_pair(img_size or _default_img_size(self.hf_model.config))
+        height, width = size_pair(img_size or default_img_size(self.hf_model.config))
         images: list = [Image.new("RGB", (width, height), (127, 127, 127)) for _ in range(num_images)]
         image_processor = getattr(processor, "image_processor", processor)
         if self.cross_layers:  # the images of one prompt
@@ -695,14 +244,14 @@ class QEFFAutoModelForImageTextToText:
             if batch_size != 1 or full_batch_size:
                 raise ValueError("kv_offload=False compiles one prompt at a time: batch_size=1, no full_batch_size.")
             inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
-            self.num_images = num_images if image_inputs is None else _images_in(inputs, num_images)
+            self.num_images = num_images if image_inputs is None else images_in(inputs, num_images)
             self.language.compile_config = {"prefill_seq_len": prefill_seq_len, "ctx_len": ctx_len}
             paths["program"] = self.single.compile(inputs, prefill_seq_len, ctx_len, backend=backend, **backend_options)
             return paths
         if not skip_vision:
             inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
-            self.num_images = num_images if image_inputs is None else _images_in(inputs, num_images)
-            self.image_size = _size_pair(img_size) if img_size else None
+            self.num_images = num_images if image_inputs is None else images_in(inputs, num_images)
+            self.image_size = size_pair(img_size) if img_size else None
             paths["vision"] = self.vision.compile(inputs, backend=backend, **backend_options)
         if not skip_lang:
             if self.vision.onnx_path is not None:  # the features' width and extra fields, which the language takes
@@ -732,7 +281,7 @@ class QEFFAutoModelForImageTextToText:
         paths: dict[str, Path] = {}
         inputs = image_inputs if image_inputs is not None else self.example_image_inputs(img_size, num_images)
         inputs = {name: value for name, value in inputs.items() if name not in PER_TOKEN_INPUTS}
-        self.image_size = _size_pair(img_size) if img_size else None
+        self.image_size = size_pair(img_size) if img_size else None
         if skip_vision:
             self.vision.prepare(inputs)
         else:
@@ -763,7 +312,7 @@ class QEFFAutoModelForImageTextToText:
             return run({name: v for name, v in image_inputs.items() if name not in PER_TOKEN_INPUTS})
         compiled = self.vision.example_shapes
         shapes = {name: np.shape(value) for name, value in image_inputs.items()}
-        if runtime == "compiled" and shapes != compiled and _per_image(shapes, compiled, self.num_images):
+        if runtime == "compiled" and shapes != compiled and per_image_groups(shapes, compiled, self.num_images):
             # the inputs are per image (leading dimension = images): run them in groups of the compiled count
             count = next(iter(shapes.values()))[0]
             step = self.num_images
@@ -1093,48 +642,3 @@ class QEFFAutoModelForImageTextToText:
         return self._generate_rows(input_ids, image_inputs, generation_len, runtime=runtime).generated_ids
 
 
-def _load_processor(source: str) -> Any:
-    """The processor saved with a model folder (None when there is none)."""
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError, KeyError, ImportError) as exc:
-        logger.info("No processor found with %s (%s); pass processor= where it is needed.", source, exc)
-        return None
-
-
-def _size_pair(size: int | tuple[int, int] | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
-
-
-def _default_img_size(config: Any) -> int:
-    vision = getattr(config, "vision_config", None)
-    size = getattr(vision, "image_size", None)
-    if isinstance(size, (list, tuple)):
-        size = size[0]
-    return int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMG_SIZE
-
-
-def _images_in(inputs: dict[str, np.ndarray], default: int) -> int:
-    """How many images example inputs hold when every input is per image (the leading dimension); else `default`."""
-    leading = {np.shape(v)[0] for v in inputs.values() if np.ndim(v)}
-    return leading.pop() if len(leading) == 1 else default
-
-
-def _per_image(shapes: dict[str, tuple], compiled: dict[str, tuple], num_images: int) -> bool:
-    """Whether inputs of `shapes` are whole groups of the compiled per-image inputs (same trailing dimensions, a
-    leading dimension that is a multiple of the compiled image count)."""
-    if set(shapes) != set(compiled) or not shapes:
-        return False
-    counts = {s[0] for s in shapes.values() if len(s)}
-    if len(counts) != 1:
-        return False
-    count = counts.pop()
-    return count % num_images == 0 and all(
-        len(s) == len(compiled[n]) and s[1:] == compiled[n][1:] and compiled[n][0] == num_images
-        for n, s in shapes.items()
-    )
