@@ -338,3 +338,12 @@ def test_mllama_continuous_batching_equals_hf(mllama) -> None:
     out = cb.generate(images=images, prompts=prompts, generation_len=GENERATION_LEN)
     for image, prompt, got in zip(images, prompts, out.generated_ids):
         assert got == hf_mllama_answer(model, processor, image, prompt)
+
+
+def test_qeff_validate_mllama(mllama) -> None:
+    """`qeff validate` on a cross-attention model compares its vision program's keys and values, then the tokens."""
+    _, _, qeff = mllama
+    command = [sys.executable, "-m", "QEfficient.cli.main", "validate", "--model", str(qeff.folder)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "vision program" in done.stdout and "overall: PASS" in done.stdout
