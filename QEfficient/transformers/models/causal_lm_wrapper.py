@@ -307,17 +307,13 @@ def _indexer_dim(name: str, index: int, layer: object) -> int | None:
 
 class _ImageFeatures(list):
     """The image features as HF's merge reads `pooler_output`: a list of per-image tensors (LLaVA concatenates them)
-    that also acts as the one tensor other models take (Gemma3 calls `.to(...)` on it)."""
+    that also acts as the one tensor other models take (Gemma3 calls `.to(...)` on it, DeepSeek-VL `.reshape(...)`):
+    any tensor attribute is the concatenated features'."""
 
-    def to(self, *args: object, **kwargs: object) -> torch.Tensor:
-        return torch.cat(list(self)).to(*args, **kwargs)
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.cat(list(self)).shape
-
-    def numel(self) -> int:
-        return sum(t.numel() for t in self)
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(torch.cat(list(self)), name)
 
 
 class _ImageOutput(BaseModelOutputWithPooling):

@@ -28,6 +28,13 @@ PER_TOKEN_INPUTS = frozenset({"cross_attention_mask"})
 
 
 
+def image_features_function(model: nn.Module) -> Any:
+    """HF's `get_image_features` of a vision-language model (on the model, or on its inner `model`); None if none."""
+    function = getattr(model, "get_image_features", None)
+    inner = getattr(model, "model", None)
+    return function if callable(function) else getattr(inner, "get_image_features", None)
+
+
 def image_token_id(config: Any) -> int:
     """The placeholder token that a vision-language model's images replace in the prompt."""
     for name in ("image_token_id", "image_token_index"):

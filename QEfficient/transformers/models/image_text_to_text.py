@@ -47,6 +47,7 @@ from QEfficient.transformers.models.image_inputs import (
     PER_TOKEN_INPUTS,
     as_rgb_image,
     default_img_size,
+    image_features_function,
     image_inputs_of,
     image_token_id,
     images_in,
@@ -70,13 +71,13 @@ def check_image_text_supported(model: nn.Module) -> None:
     name = type(model).__name__
     forward = inspect.signature(model.forward).parameters
     cross = bool(cross_attention_layers(model))
-    if not cross and ("mm_encoder_outputs" not in forward or not hasattr(model, "get_image_features")):
+    if not cross and ("mm_encoder_outputs" not in forward or image_features_function(model) is None):
         raise UnsupportedModelError(
-            f"{name} does not take precomputed image features (`mm_encoder_outputs`) or has no "
-            "`get_image_features`, nor cross-attention states (`cross_attention_states`, `cross_attention_mask` and "
-            "the text config's `cross_attention_layers`): its images enter the language model another way (an "
-            "encoder-decoder, its own cross-attention inputs), which QEFFAutoModelForImageTextToText does not "
-            "implement yet."
+            f"{name} takes neither precomputed image features (`mm_encoder_outputs`, with `get_image_features` on "
+            "the model or its inner model) nor cross-attention states (`cross_attention_states`, "
+            "`cross_attention_mask` and the text config's `cross_attention_layers`): its images enter the language "
+            "model another way (an encoder-decoder, its own cross-attention inputs), which "
+            "QEFFAutoModelForImageTextToText does not implement yet."
         )
     required = forward.get("pixel_values")
     if required is not None and required.default is inspect.Parameter.empty:

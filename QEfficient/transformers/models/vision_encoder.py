@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from QEfficient.base.modeling_qeff import SINGLE_GRAPH, QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform
-from QEfficient.transformers.models.image_inputs import PER_TOKEN_INPUTS
+from QEfficient.transformers.models.image_inputs import PER_TOKEN_INPUTS, image_features_function
 from QEfficient.transformers.models.registry import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class VisionEncoderForExport(nn.Module):
         """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
         kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
         with eager_vision_attention(self.model):
-            out = self.model.get_image_features(**kwargs, return_dict=True)
+            out = image_features_function(self.model)(**kwargs, return_dict=True)
         extras = extra_image_fields(out)
         return (self._features(out), *extras.values())
 
@@ -174,7 +174,7 @@ class QEFFVisionEncoder(QEFFBaseModel):
         with torch.no_grad():
             outputs = self.model(*example.values())
             extras = extra_image_fields(
-                self.model.model.get_image_features(**{**example, **self.model.geometry}, return_dict=True)
+                image_features_function(self.model.model)(**{**example, **self.model.geometry}, return_dict=True)
             )
         self.features_dim = int(outputs[0].shape[-1])
         self.extra_fields = {name: tuple(value.shape[1:]) for name, value in extras.items()}
