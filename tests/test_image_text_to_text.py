@@ -167,6 +167,23 @@ def test_vision_program_is_compiled_for_one_geometry(llava) -> None:
         qeff.image_features(wrong)
 
 
+def test_single_program_equals_hf(llava) -> None:
+    """`kv_offload=False`: the vision encoder inside the prefill graph of one program gives the same tokens; a prompt
+    longer than the prefill graph, or images of another geometry, get clear errors."""
+    model, processor, qeff = llava
+    single = QEFFAutoModelForImageTextToText.from_pretrained(qeff.folder, kv_offload=False)
+    single.compile(img_size=IMAGE_SIZE, prefill_seq_len=32, ctx_len=64)
+    out = single.generate(images=[picture(6), None], prompts=["what is this", "no image here"], generation_len=10)
+    assert out.generated_ids[0] == hf_answer(model, processor, [picture(6)], "what is this")
+    assert out.generated_ids[1] == hf_answer(model, processor, [], "no image here")
+    with pytest.raises(ValueError, match="prefill_seq_len=32"):
+        single.generate(images=picture(6), prompts="a long prompt " * 12, generation_len=2)
+    with pytest.raises(ValueError, match="compiled for"):
+        single.generate(images=[[picture(6), picture(7)]], prompts=["two images"], generation_len=2)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        single.compile(img_size=IMAGE_SIZE, prefill_seq_len=32, ctx_len=64, batch_size=2)
+
+
 def test_causal_lm_class_points_to_the_image_text_class(llava, tmp_path) -> None:
     model, _, _ = llava
     model.save_pretrained(tmp_path)
