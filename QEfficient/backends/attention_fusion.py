@@ -269,6 +269,8 @@ def fusion_blockers(model: onnx.ModelProto, specializations: list[dict[str, int 
     if "position_ids" not in inputs:
         return "the graph has no position_ids input"
     states = [name for name in inputs if any(o.name == f"{name}_RetainedState" for o in model.graph.output)]
+    # cross-attention keys and values (a vision-language model's `past_cross_*`) pass through unchanged: not a blocker
+    states = [name for name in states if not name.startswith(("past_cross_key.", "past_cross_value."))]
     if any(not name.startswith(("past_key.", "past_value.")) for name in states):
         return "the graph has recurrent state, whose prompts are left-padded"
     for spec in specializations:
