@@ -1,8 +1,8 @@
 """The architecture sweep: the CI slice reproduces the committed table, and the docs are its rendering.
 
-The full sweep (every architecture in three mappings, about 7 minutes on 2 cores) is one command,
-`qeff sweep`; this suite runs the fixed slice `qeff sweep --ci` (the reference families and one architecture
-per generic mechanism), which takes about 1.5 minutes.
+The full sweep (every architecture in six mappings, about 6 minutes on 2 cores) is one command, `qeff sweep`;
+this suite runs the fixed slice `qeff sweep --ci` (the reference families of every task and one architecture per
+generic mechanism), which takes about a minute.
 """
 
 from __future__ import annotations
