@@ -14,9 +14,12 @@ with its current content.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer, LinearAttentionLayer
 
 
@@ -426,3 +429,29 @@ def attention_masks(
             raise ValueError(f"No mask rule for layer type {layer_type!r}.")
         masks[layer_type] = torch.where(allowed & (inside | padding_slot), zero, minimum)
     return masks
+
+
+class LastValidPosition:
+    """A forward pre-hook on a model's output embedding (its LM head) that hands it only each row's hidden state at
+    the row's last valid position (padding has position -1), so the graph computes logits `[B, 1, V]` for that
+    position alone. It acts only inside `at(position_ids)`; elsewhere (HF's own runs) the head sees everything."""
+
+    def __init__(self, head: nn.Module) -> None:
+        self.index: torch.Tensor | None = None
+        head.register_forward_pre_hook(self)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.index is None:
+            return None
+        hidden = args[0]
+        index = self.index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return (torch.gather(hidden, 1, index), *args[1:])
+
+    @contextlib.contextmanager
+    def at(self, position_ids: torch.Tensor) -> Iterator[None]:
+        """Logits for each row's last valid position of `position_ids [B, S]`, for the duration of the block."""
+        self.index = position_ids.argmax(dim=1)
+        try:
+            yield
+        finally:
+            self.index = None

@@ -33,7 +33,7 @@ from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.modeling_outputs import BaseModelOutput
 
-from QEfficient.transformers.cache_utils import FixedCache, LayerBuffers, attention_masks
+from QEfficient.transformers.cache_utils import FixedCache, LastValidPosition, LayerBuffers, attention_masks
 
 CROSS_KEY = "cross_key"
 CROSS_VALUE = "cross_value"
@@ -223,11 +223,10 @@ class Seq2SeqForExport(nn.Module):
         parameters = inspect.signature(model.forward).parameters
         self.takes_position_ids = "decoder_position_ids" in parameters
         self.takes_attention_mask = "decoder_attention_mask" in parameters
-        self._last_index: torch.Tensor | None = None
         head = model.get_output_embeddings()
         if head is None:
             raise UnsupportedSpeechModelError(f"{type(model).__name__} has no output embedding (lm head).")
-        head.register_forward_pre_hook(self._keep_last_valid_position)
+        self.last_position = LastValidPosition(head)
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped HF config
@@ -262,13 +261,6 @@ class Seq2SeqForExport(nn.Module):
     def decoder_output_names(self) -> list[str]:
         state = [*self.layout.past_names(), *self.layout.cross_names()]
         return ["logits", *(f"{name}_RetainedState" for name in state)]
-
-    def _keep_last_valid_position(self, module: nn.Module, args: tuple) -> tuple | None:
-        if self._last_index is None:
-            return None
-        hidden = args[0]
-        index = self._last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        return (torch.gather(hidden, 1, index), *args[1:])
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if inputs[0].is_floating_point():
@@ -306,8 +298,7 @@ class Seq2SeqForExport(nn.Module):
             kwargs["decoder_attention_mask"] = attention_masks(position_ids, ctx_len, buffers[0].dtype)[
                 "full_attention"
             ]
-        self._last_index = position_ids.argmax(dim=1)
-        try:
+        with self.last_position.at(position_ids):
             out = self.model(
                 encoder_outputs=self.encoder_output_type(last_hidden_state=hidden),
                 decoder_input_ids=input_ids,
@@ -315,8 +306,6 @@ class Seq2SeqForExport(nn.Module):
                 use_cache=True,
                 **kwargs,
             )
-        finally:
-            self._last_index = None
         return (out.logits.float(), *self_cache.retained_state(), *cross)
 
 

@@ -48,6 +48,7 @@ from QEfficient.transformers.cache_utils import (
     SLIDING_LAYER_TYPES,
     CrossBuffers,
     FixedCache,
+    LastValidPosition,
     LayerBuffers,
     PastEntry,
     attention_masks,
@@ -353,11 +354,10 @@ class CausalLMForExport(nn.Module):
         # Recurrent state: whether a prefill chunk continues from the stored state (chunked prefill of any length)
         # or must start from zero (a prompt fits one chunk). Decided by asking HF, before any wrapper is involved.
         self.prefill_continues = self.layout.has_recurrent_state and prefill_continues_from_state(model)
-        self._last_index: torch.Tensor | None = None
         head = model.get_output_embeddings()
         if head is None:
             raise UnsupportedCausalLMError(f"{type(model).__name__} has no output embedding (lm_head).")
-        head.register_forward_pre_hook(self._keep_last_valid_position)
+        self.last_position = LastValidPosition(head)
         # Mixture-of-experts layers that dispatch through transformers' ExpertsInterface run HF's "batched_mm"
         # (a gather of each token's experts + bmm: static shapes, plain ONNX ops) instead of the default
         # grouped_mm, whose token counting (histc) and data-dependent splits do not export.
@@ -468,13 +468,6 @@ class CausalLMForExport(nn.Module):
     def config(self):  # noqa: ANN201 - the wrapped HF config
         return self.model.config
 
-    def _keep_last_valid_position(self, module: nn.Module, args: tuple) -> tuple | None:
-        if self._last_index is None:
-            return None
-        hidden = args[0]
-        index = self._last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        return (torch.gather(hidden, 1, index), *args[1:])
-
     def input_names(self) -> list[str]:
         names = ["input_ids", "position_ids"] + (["image_embeds"] if self.image_token_id is not None else [])
         names += [f"image_{name}" for name in self.image_fields]
@@ -569,7 +562,6 @@ class CausalLMForExport(nn.Module):
         if self.image_blocks is not None:  # HF's own block ids of the image tokens (token type 1) of this step
             blocks = self.image_blocks((input_ids == self.image_token_id).long())
         mask = self._masks(position_ids, ctx_len, past[0].dtype, blocks)
-        self._last_index = position_ids.argmax(dim=1)
         multimodal = {}
         if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
             features = self._image_features(input_ids, image_embeds).to(past[0].dtype)
@@ -586,16 +578,13 @@ class CausalLMForExport(nn.Module):
         rope_positions = position_ids.clamp(min=0)
         if rope_offsets is not None:  # [R, B, S]: each axis's rotary position
             rope_positions = rope_positions.unsqueeze(0) + rope_offsets.permute(2, 0, 1).round().long()
-        try:
-            with self._implementations():
-                out = self.model(
-                    input_ids=input_ids,
-                    position_ids=rope_positions,
-                    attention_mask=mask,
-                    cache=cache,
-                    use_cache=True,
-                    **multimodal,
-                )
-        finally:
-            self._last_index = None
+        with self._implementations(), self.last_position.at(position_ids):
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=rope_positions,
+                attention_mask=mask,
+                cache=cache,
+                use_cache=True,
+                **multimodal,
+            )
         return (out.logits.float(), *cache.retained_state())
