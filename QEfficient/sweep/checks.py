@@ -14,13 +14,12 @@ from QEfficient.sweep.runner import (
     HF_CANNOT_BUILD,
     HF_CANNOT_RUN,
     PASS,
-    UNSUPPORTED,
     StageFailure,
     SweepRow,
+    load_stage,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import VOCAB, tiny_config
-from QEfficient.utils.errors import first_line
 from QEfficient.validation import default_token_prompts
 
 # Two prompts: one longer than the sliding window (and than prefill_seq_len, so prefill is chunked), one short.
@@ -87,12 +86,7 @@ def check_causal_lm(model_type: str) -> SweepRow:
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
             del hf_model
-            try:
-                qeff = QEFFAutoModelForCausalLM.from_pretrained(folder)
-            except UnsupportedCausalLMError as exc:
-                raise StageFailure(UNSUPPORTED, "transform", str(exc).splitlines()[0]) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            qeff = load_stage(QEFFAutoModelForCausalLM.from_pretrained, folder, unsupported=(UnsupportedCausalLMError,))
             row.adapter = getattr(qeff.model, "adapter_name", "")
             report = validate_causal_lm(
                 qeff, prompts, None, generation_len=GENERATION_LEN, prefill_seq_len=PREFILL_SEQ_LEN, ctx_len=CTX_LEN

@@ -21,13 +21,12 @@ from QEfficient.sweep.runner import (
     HF_CANNOT_BUILD,
     HF_CANNOT_RUN,
     PASS,
-    UNSUPPORTED,
     StageFailure,
     SweepRow,
+    load_stage,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import tiny_config
-from QEfficient.utils.errors import first_line
 
 ATOL = 1e-4
 SAMPLES = (2900, 5200)  # raw-audio clips: 0.18 s and 0.33 s at 16 kHz (the feature encoders stride 320)
@@ -70,12 +69,7 @@ def check_ctc(model_type: str) -> SweepRow:
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
             del hf_model
-            try:
-                qeff = QEFFAutoModelForCTC.from_pretrained(folder)
-            except UnsupportedModelError as exc:
-                raise StageFailure(UNSUPPORTED, "transform", str(exc).splitlines()[0]) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            qeff = load_stage(QEFFAutoModelForCTC.from_pretrained, folder, unsupported=(UnsupportedModelError,))
             report = validate_ctc(qeff, inputs=clips, atol=ATOL)
             failed = next((s for s in report.stages if not s.passed), None)
             if failed is not None:

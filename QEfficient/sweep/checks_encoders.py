@@ -27,11 +27,11 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
+    load_stage,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import VOCAB, tiny_config
 from QEfficient.transformers.embeddings.batching import pad_to_shape
-from QEfficient.utils.errors import first_line
 
 ATOL = 1e-5
 # Right-padded batch: one longer row, a short one and one in between; ids away from the special tokens.
@@ -97,12 +97,7 @@ def _check(task: str, model_type: str, architecture: str, auto_class, reference,
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
             del hf_model
-            try:
-                qeff = load(folder)
-            except UnsupportedModelError as exc:
-                raise StageFailure(UNSUPPORTED, "transform", str(exc).splitlines()[0]) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            qeff = load_stage(load, folder, unsupported=(UnsupportedModelError,))
             # compiled at the batch's own padded length: the shape HF ran (bucket padding is tested elsewhere)
             report = validate(qeff, rows, atol=ATOL, seq_len=[input_ids.shape[1]])
             failed = next((s for s in report.stages if not s.passed), None)

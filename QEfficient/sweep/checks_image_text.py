@@ -32,6 +32,7 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
+    load_stage,
     run_stage,
 )
 from QEfficient.sweep.tiny_configs import VOCAB
@@ -294,12 +295,8 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf.save_pretrained, folder)
             del hf
-            try:
-                qeff = QEFFAutoModelForImageTextToText.from_pretrained(folder)
-            except (UnsupportedModelError, UnsupportedCausalLMError) as exc:
-                raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            unsupported = (UnsupportedModelError, UnsupportedCausalLMError)
+            qeff = load_stage(QEFFAutoModelForImageTextToText.from_pretrained, folder, unsupported=unsupported)
             ctx_len = len(ids) + GENERATION_LEN + PREFILL_SEQ_LEN
             run_stage(
                 "compile",

@@ -29,6 +29,7 @@ from QEfficient.sweep.runner import (
     UNSUPPORTED,
     StageFailure,
     SweepRow,
+    load_stage,
     run_stage,
 )
 from QEfficient.utils.errors import first_line
@@ -91,12 +92,8 @@ def check_speech_seq2seq(model_type: str) -> SweepRow:
         with tempfile.TemporaryDirectory(prefix=f"qeff-sweep-{model_type}-") as folder:
             run_stage("save", HF_CANNOT_BUILD, hf_model.save_pretrained, folder)
             del hf_model
-            try:
-                qeff = QEFFAutoModelForSpeechSeq2Seq.from_pretrained(folder, encoder_ctx_len=spec.length)
-            except UnsupportedSpeechModelError as exc:
-                raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+            load = QEFFAutoModelForSpeechSeq2Seq.from_pretrained
+            qeff = load_stage(load, folder, encoder_ctx_len=spec.length, unsupported=(UnsupportedSpeechModelError,))
             report = validate_speech_seq2seq(qeff, inputs=inputs, generation_len=GENERATION_LEN)
             failed = next((s for s in report.stages if not s.passed), None)
             if failed is not None:

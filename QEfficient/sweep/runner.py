@@ -68,6 +68,19 @@ def run_stage(stage: str, status: str, fn: Callable, *args, **kwargs):
         raise StageFailure(status, stage, first_line(exc)) from exc
 
 
+def load_stage(load: Callable, *args, unsupported: tuple[type[BaseException], ...], **kwargs):
+    """Call `load` (QEfficient's public `from_pretrained` on the saved tiny model): an error of an `unsupported` type
+    (a mechanism QEfficient does not implement) ends the check as UNSUPPORTED at "transform", with the error's first
+    line; any other error as FAIL at "load and transform"."""
+    try:
+        return load(*args, **kwargs)
+    except unsupported as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise StageFailure(UNSUPPORTED, "transform", lines[0] if lines else type(exc).__name__) from exc
+    except Exception as exc:  # noqa: BLE001 - recorded as the check's failure
+        raise StageFailure(FAIL, "load and transform", first_line(exc)) from exc
+
+
 def _worker(tasks: mp.Queue, results: mp.Queue, home: str) -> None:
     os.environ.setdefault("QEFF_NUM_THREADS", "1")
     os.environ["QEFF_HOME"] = home
