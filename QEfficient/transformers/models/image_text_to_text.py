@@ -515,14 +515,29 @@ class QEFFAutoModelForImageTextToText:
         tokenizer: Any = None,
         runtime: str = "compiled",
     ):  # noqa: ANN202 - GenerationOutput
-        """Generate for tokenised prompts with their image inputs, on the two programs or the single one."""
+        """Generate for tokenised prompts with their image inputs, on the two programs or the single one; the vision
+        program's time is added to `perf_metrics` (`vision_s`, and within TTFT and the total)."""
         from QEfficient.generation.text_generation import TextGenerator
 
         rows = [[int(t) for t in ids] for ids in rows]
-        if self.cross_layers:
-            return self._generate_cross_attention(
-                rows, image_inputs, generation_len, sampling, stop_strings, streamer, tokenizer, runtime
-            )
+        prepare = self._cross_attention_inputs if self.cross_layers else self._placeholder_inputs
+        inputs, vision_s = prepare(rows, image_inputs, runtime)
+        if self.single is None:
+            generator = self.language.text_generator(tokenizer=tokenizer)
+        else:
+            program = self.single.program
+            generator = TextGenerator.with_settings(program, tokenizer, program.manifest["generation"])
+        out = generator.generate(rows, generation_len, sampling, stop_strings, streamer, False, **inputs)
+        out.perf_metrics.vision_s = vision_s
+        out.perf_metrics.ttft_s += vision_s
+        out.perf_metrics.total_s += vision_s
+        return out
+
+    def _placeholder_inputs(
+        self, rows: list[list[int]], image_inputs: Sequence[dict[str, np.ndarray] | None], runtime: str
+    ) -> tuple[dict[str, Any], float]:
+        """The generator's inputs for a model whose image features replace placeholder tokens: per prompt its
+        per-token features (and, for the single program, its prefill image inputs); and the vision program's time."""
         features, prompt_inputs, vision_s = [], [], 0.0
         for i, (ids, inputs) in enumerate(zip(rows, image_inputs)):
             if self.single is None:
@@ -533,41 +548,15 @@ class QEFFAutoModelForImageTextToText:
             else:
                 features.append(self.token_features(ids, None, inputs, i, images_in_program=True))
                 prompt_inputs.append(self._single_prompt_inputs(ids, inputs, i))
-        if self.single is None:
-            generator = self.language.text_generator(tokenizer=tokenizer)
-        else:
-            program = self.single.program
-            generator = TextGenerator.with_settings(program, tokenizer, program.manifest["generation"])
-        out = generator.generate(
-            rows,
-            generation_len,
-            sampling,
-            stop_strings,
-            streamer,
-            False,
-            token_features=features,
-            prompt_inputs=prompt_inputs or None,
-        )
-        out.perf_metrics.vision_s = vision_s
-        out.perf_metrics.ttft_s += vision_s
-        out.perf_metrics.total_s += vision_s
-        return out
+        return {"token_features": features, "prompt_inputs": prompt_inputs or None}, vision_s
 
-    def _generate_cross_attention(
-        self,
-        rows: list[list[int]],
-        image_inputs: Sequence[dict[str, np.ndarray] | None],
-        generation_len: int | None,
-        sampling: Any,
-        stop_strings: Sequence[str],
-        streamer: Any,
-        tokenizer: Any,
-        runtime: str,
-    ):  # noqa: ANN202 - GenerationOutput
-        """`_generate_rows` for a cross-attention model: per prompt with images, the vision program's cross keys and
-        values become its cache row's initial `past_cross_key.{i}` / `past_cross_value.{i}`, and the processor's
+    def _cross_attention_inputs(
+        self, rows: list[list[int]], image_inputs: Sequence[dict[str, np.ndarray] | None], runtime: str
+    ) -> tuple[dict[str, Any], float]:
+        """The generator's inputs for a cross-attention model: per prompt with images, the vision program's cross keys
+        and values become its cache row's initial `past_cross_key.{i}` / `past_cross_value.{i}`, and the processor's
         `cross_attention_mask` its per-token input (a prompt without images: zeros for both, which gives HF's
-        result with the cross-attention layers skipped)."""
+        result with the cross-attention layers skipped); and the vision program's time."""
         if runtime not in ("compiled", "pytorch"):
             raise ValueError(f"runtime must be 'compiled' or 'pytorch'; got {runtime!r}.")
         features, initial, vision_s = [], [], 0.0
@@ -599,21 +588,7 @@ class QEFFAutoModelForImageTextToText:
             vision_s += time.perf_counter() - t0
             initial.append({f"past_{name}": value for name, value in cross.items()})
             features.append({"cross_attention_mask": np.asarray(mask, dtype=np.float32)[0]})
-        generator = self.language.text_generator(tokenizer=tokenizer)
-        out = generator.generate(
-            rows,
-            generation_len,
-            sampling,
-            stop_strings,
-            streamer,
-            False,
-            token_features=features,
-            initial_state=initial,
-        )
-        out.perf_metrics.vision_s = vision_s
-        out.perf_metrics.ttft_s += vision_s
-        out.perf_metrics.total_s += vision_s
-        return out
+        return {"token_features": features, "initial_state": initial}, vision_s
 
     def _single_prompt_inputs(self, ids: Sequence[int], image_inputs: dict[str, np.ndarray] | None, index: int):  # noqa: ANN202
         """The single program's prefill image inputs for one prompt (zeros of the compiled shapes for a prompt

@@ -237,7 +237,8 @@ class QEFFVisionEncoder(QEFFBaseModel):
 
 class QEFFCrossAttentionVisionEncoder(QEFFVisionEncoder):
     """The vision program of a cross-attention vision-language model: the images' cross-attention keys and values of
-    every cross-attention layer (`CrossAttentionVisionForExport`), a static graph for one image count."""
+    every cross-attention layer (`CrossAttentionVisionForExport`), a static graph for one image count. `run` gives
+    `{"cross_key.{i}": [n, H_kv, T, D], "cross_value.{i}": ...}`."""
 
     def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
         super().__init__(model, CrossAttentionVisionForExport(model, layers))
@@ -283,13 +284,6 @@ class QEFFCrossAttentionVisionEncoder(QEFFVisionEncoder):
             raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
         example = self.prepare(image_inputs)
         return self._export(example, self.output_names, {}, export_dir)
-
-    def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`{"cross_key.{i}": [n, H_kv, T, D], "cross_value.{i}": ...}` for image inputs of the compiled shapes."""
-        self.check_geometry(image_inputs)
-        feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
-        outputs = self.program.run(feed)
-        return {name: outputs[name] for name in self.output_names}
 
     def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
         """A clear error unless the image inputs have the compiled shapes (the image count above all)."""
