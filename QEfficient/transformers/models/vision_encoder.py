@@ -44,11 +44,14 @@ class VisionEncoderForExport(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
+        return tuple(self.outputs(*inputs).values())
+
+    def outputs(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`{"image_features": [N, H], <extra field>: [N, L, H], ...}`, the graph's outputs by name."""
         kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
         with eager_vision_attention(self.model):
             out = image_features_function(self.model)(**kwargs, return_dict=True)
-        extras = extra_image_fields(out)
-        return (self._features(out), *extras.values())
+        return {"image_features": self._features(out), **extra_image_fields(out)}
 
     @staticmethod
     def _features(out: Any) -> torch.Tensor:
@@ -172,16 +175,13 @@ class QEFFVisionEncoder(QEFFBaseModel):
         self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         self.geometry = {name: t.numpy() for name, t in self.model.geometry.items()}
         with torch.no_grad():
-            outputs = self.model(*example.values())
-            extras = extra_image_fields(
-                image_features_function(self.model.model)(**{**example, **self.model.geometry}, return_dict=True)
-            )
-        self.features_dim = int(outputs[0].shape[-1])
-        self.extra_fields = {name: tuple(value.shape[1:]) for name, value in extras.items()}
-        rows = {int(o.shape[0]) for o in outputs}
-        if len(rows) != 1:
+            features, *extras = self.model.outputs(*example.values()).items()
+        self.features_dim = int(features[1].shape[-1])
+        self.extra_fields = {name: tuple(value.shape[1:]) for name, value in extras}
+        if len({int(value.shape[0]) for _, value in (features, *extras)}) != 1:
             raise UnsupportedModelError(
-                f"{self.model_name}'s vision output fields {list(extras)} do not have one row per image token."
+                f"{self.model_name}'s vision output fields {list(self.extra_fields)} do not have one row per image "
+                "token."
             )
         return self._export(example, self.output_names, {}, export_dir)
 
