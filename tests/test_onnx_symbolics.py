@@ -152,3 +152,106 @@ def test_as_strided_refused_where_torch_would_be_silently_wrong(
     axes = {"x": {0: "rows"}} if dynamic else {}
     with pytest.raises(Exception, match=f"as_strided.*{reason}"):
         export_and_session(Strided(transpose), {"x": torch.randn(5, 3)}, axes, tmp_path / "strided.onnx")
+
+
+class FullPositionIds(torch.nn.Module):
+    """Idefics2's vision position ids: `torch.full(..., fill_value=0)` (int64 in PyTorch) beside int64 bucket ids in a
+    `where`, the result indexing an embedding table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(16, 4)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        ids = torch.full(size=mask.shape, fill_value=0)
+        buckets = torch.arange(mask.shape[1]).expand_as(ids)
+        return self.table(torch.where(mask, buckets, ids))
+
+
+def test_full_without_dtype_keeps_the_fill_values_dtype(tmp_path: Path) -> None:
+    module = FullPositionIds()
+    mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    session = export_and_session(module, {"mask": mask}, {"mask": {0: "b", 1: "n"}}, tmp_path / "full.onnx")
+    for shape_mask in (mask, torch.ones(1, 7, dtype=torch.bool)):  # another shape: the dtype is not a traced constant
+        got = session.run(None, {"mask": shape_mask.numpy()})[0]
+        np.testing.assert_array_equal(got, module(shape_mask).detach().numpy())
+
+
+class InPlaceLogical(torch.nn.Module):
+    """SmolVLM's `real_images_inds[0] |= ~torch.any(real_images_inds)`, and `&=` / `^=` likewise, on a view."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        real = (x == 0.0).sum(dim=-1) != x.shape[-1]
+        flag = ~torch.any(real)
+        if self.op == "or":
+            real[0] |= flag
+        elif self.op == "and":
+            real[1] &= flag
+        else:
+            real[2] ^= flag
+        return real.long()
+
+
+@pytest.mark.parametrize("op", ["or", "and", "xor"])
+def test_in_place_bool_logical_ops_write_back(tmp_path: Path, op: str) -> None:
+    module = InPlaceLogical(op)
+    x = torch.zeros(3, 4)
+    session = export_and_session(module, {"x": x}, {}, tmp_path / "ior.onnx")
+    for k in (0.0, 1.0):  # no real row (the flag is set), then one real row
+        x = torch.zeros(3, 4)
+        x[1, 2] = k
+        np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], module(x).numpy())
+
+
+class AntialiasedResize(torch.nn.Module):
+    """Cosmos3-Edge's resize of a learned position grid (a parameter) to the image's patch grid."""
+
+    def __init__(self, mode: str, size: tuple[int, int] | None, scale: tuple[float, float] | None, corners: bool):
+        super().__init__()
+        self.grid = torch.nn.Parameter(torch.randn(1, 8, 7, 11, generator=torch.Generator().manual_seed(3)))
+        self.mode, self.size, self.scale, self.corners = mode, size, scale, corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        resized = torch.nn.functional.interpolate(
+            self.grid, self.size, self.scale, mode=self.mode, align_corners=self.corners, antialias=True
+        )
+        return resized * x
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    ("size", "scale", "corners"),
+    [((4, 6), None, False), ((9, 3), None, True), ((16, 16), None, False), (None, (0.6, 0.3), False)],
+)  # fmt: skip
+def test_antialiased_resize_matches_torch(
+    tmp_path: Path, mode: str, size: tuple[int, int] | None, scale: tuple[float, float] | None, corners: bool
+) -> None:
+    """Down- and upsampling, align_corners, explicit scales: within float rounding of PyTorch's kernel."""
+    module = AntialiasedResize(mode, size, scale, corners)
+    one = torch.ones(1)
+    session = export_and_session(module, {"x": one}, {}, tmp_path / "resize.onnx")
+    got = session.run(None, {"x": one.numpy()})[0]
+    np.testing.assert_allclose(got, module(one).detach().numpy(), rtol=0, atol=1e-5)
+
+
+class ZeroWidthView(torch.nn.Module):
+    """MistralLarge4's no-rope layers: `k_rot.view(batch, 1, seq, 0)` of a zero-width split, sizes read at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, empty = torch.split(x, [4, 0], dim=-1)
+        empty = empty.view(x.shape[0], 1, x.shape[1], 0)
+        return torch.cat([kept.reshape(x.shape[0], 1, x.shape[1], 4), empty], dim=-1) * 2
+
+
+def test_view_with_a_literal_zero_size(tmp_path: Path) -> None:
+    """ONNX `Reshape` reads a 0 as "keep the input's size" unless `allowzero=1`; PyTorch means size 0."""
+    module = ZeroWidthView()
+    x = torch.randn(2, 3, 4)
+    session = export_and_session(module, {"x": x}, {"x": {1: "seq"}}, tmp_path / "zero.onnx")
+    for seq in (3, 5):
+        x = torch.randn(2, seq, 4)
+        np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], module(x).numpy())

@@ -155,6 +155,9 @@ def in_place_states(model: onnx.ModelProto) -> list[str]:
     return safe
 
 
+_FUSION_BUG = "Attempt to replace the existing tensor"
+
+
 class OnnxRuntimeProgram(Program):
     """A compiled ORT program: one session for all specialisations, created on first use."""
 
@@ -187,7 +190,17 @@ class OnnxRuntimeProgram(Program):
             options.log_severity_level = 3
             for symbol, size in self.pinned_dims.items():
                 options.add_free_dimension_override_by_name(symbol, size)
-            self._session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+            try:
+                self._session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+            except Exception as exc:  # noqa: BLE001 - only ORT's own fusion bug is retried
+                if _FUSION_BUG not in str(exc):
+                    raise
+                # ONNX Runtime's MatMulAddFusion, on a graph whose dimensions are pinned, can add an initializer under
+                # a name it already gave another (seen with InstructBLIP's single program): load without that fusion
+                logger.info("ONNX Runtime's MatMulAddFusion failed on %s (%s); loading without it.", self.path, exc)
+                self._session = ort.InferenceSession(
+                    str(self.path), options, providers=self.providers, disabled_optimizers=["MatMulAddFusion"]
+                )
         return self._session
 
     def load_all(self) -> None:

@@ -36,6 +36,26 @@ Each is registered once before the first export. Models reach these ops through 
 - `Tensor.unfold(dim, size, step)` (Granite Speech 5's pooling of frame pairs, `x.unfold(1, 2, 2)`): torch's
   symbolic needs the input's size along `dim` at export time, so a dynamic length fails the export. Ours gathers
   the windows with indices built from the *runtime* length (Range), then moves the window axis last.
+- `torch.full(size, fill)` without a dtype (Idefics2 / Idefics3 / SmolVLM's vision position ids,
+  `torch.full(..., fill_value=0)`): PyTorch infers the dtype from the fill value (int64 for an int), but torch's
+  symbolic makes every such tensor float32. A float tensor then reaches `torch.where` beside the int64 bucket ids,
+  which the exporter promotes to float, and the `Gather` of the position embedding gets a float index, a graph
+  ONNX Runtime refuses to load. Ours passes the dtype the trace recorded for the result.
+- In-place `|=`, `&=`, `^=` on bool tensors (SmolVLM's `real_images_inds[0] |= ~torch.any(real_images_inds)`): the
+  tracer records `aten::__ior__` (plus the `copy_` that writes the result back into the view), which the
+  exporter's in-place pass renames `aten::__ior_` and then finds no symbolic for. The result is the out-of-place
+  `Or` / `And` / `Xor` (torch's own `__or_` etc.; the write-back is the recorded `copy_`).
+- `F.interpolate(..., mode="bilinear" | "bicubic", antialias=True)` (Cosmos3-Edge resizing its learned position
+  grid to each image's patch grid): missing (ONNX `Resize` takes `antialias` only from opset 18). Both are
+  separable linear maps, so for static input and output sizes the result is `W_h @ x @ W_w^T` with constant
+  weight matrices, and ours computes those matrices with the aten op itself, applied to identity matrices at
+  export time: the same weights (hence the same numbers up to float summation order) for every option the op
+  takes (sizes, `align_corners`, explicit scales). A dynamic input or output size is refused at export.
+- `view` / `reshape` to a size with a literal 0 (MistralLarge4's no-rope layers view their zero-width rotary key as
+  `k_rot.view(batch, 1, seq, 0)`): torch's symbolic emits ONNX `Reshape` with `allowzero=0`, which reads a 0 as
+  "copy the input's size at this position", not PyTorch's "size 0" (ONNX Runtime refuses the graph: "Invalid
+  position of 0"). Ours sets `allowzero=1` (opset 14+) exactly when the size holds a constant 0, and leaves every
+  other reshape as torch exports it.
 """
 
 from __future__ import annotations
@@ -44,7 +64,13 @@ import math
 
 import torch
 from torch.onnx import symbolic_helper
-from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset9, symbolic_opset13, symbolic_opset16
+from torch.onnx._internal.torchscript_exporter import (
+    _type_utils,
+    symbolic_opset9,
+    symbolic_opset13,
+    symbolic_opset14,
+    symbolic_opset16,
+)
 
 _registered: set[int] = set()
 
@@ -315,6 +341,89 @@ def _unfold(g, self, dimension, size, step):  # noqa: ANN001, ANN202
     return g.op("Transpose", windows, perm_i=perm)
 
 
+def _full(g, sizes, value, dtype, layout, device, pin_memory=None):  # noqa: ANN001, ANN202
+    if symbolic_helper._is_none(dtype):
+        traced = _type_utils.JitScalarType.from_value(g.original_node.output(), _type_utils.JitScalarType.UNDEFINED)
+        if traced != _type_utils.JitScalarType.UNDEFINED:
+            dtype = int(traced)
+    return symbolic_opset9.full(g, sizes, value, dtype, layout, device, pin_memory)
+
+
+_INPLACE_LOGICAL = {
+    "aten::__ior_": symbolic_opset9.__or_,
+    "aten::__iand_": symbolic_opset9.__and_,
+    "aten::__ixor_": symbolic_opset9.__xor_,
+}
+
+
+def _separable_weights(op, length: int, size: int, align_corners: bool, scale: float | None) -> torch.Tensor:
+    """`[size, length]`: the weights by which the 2-D resize `op` maps `length` samples of one axis to `size` samples,
+    read off the op's output for the `length` unit vectors (exact: each output is one weight times 1). The vectors lie
+    along the width, for either axis (the kernel is the same along both; torch's CPU kernel mishandles a width of 1)."""
+    basis = torch.eye(length, dtype=torch.float32).reshape(length, 1, 1, length)  # batch k: the k-th unit vector
+    with torch.no_grad():
+        resized = op(basis, [1, size], align_corners, None, scale)  # [length, 1, 1, size]
+    return resized.reshape(length, size).t().contiguous()
+
+
+def _antialiased_resize(name: str):  # noqa: ANN202
+    """The symbolic of the antialiased 2-D resize `name` (`.vec` overload or the one with per-axis scales)."""
+    op = getattr(torch.ops.aten, name.split("::")[1]).default
+
+    def symbolic(g, x, output_size, align_corners, *scales):  # noqa: ANN001, ANN202
+        in_sizes = symbolic_helper._get_tensor_sizes(x)
+        out_sizes = g.original_node.output().type().sizes()
+        if not in_sizes or len(in_sizes) != 4 or any(not isinstance(n, int) for n in in_sizes[2:]) or not out_sizes:
+            return symbolic_helper._unimplemented(name, "input or output size unknown at export", x)
+        if not symbolic_helper._is_none(output_size) and not isinstance(
+            symbolic_helper._maybe_get_const(output_size, "is"), (list, tuple)
+        ):
+            return symbolic_helper._unimplemented(name, "output size computed at run time", x)
+        corners = bool(symbolic_helper._maybe_get_const(align_corners, "b"))
+        if len(scales) == 1:  # .vec: scale_factors (a list) or None
+            factors = None if symbolic_helper._is_none(scales[0]) else symbolic_helper._maybe_get_const(scales[0], "fs")
+            per_axis = [None, None] if factors is None else list(factors)
+        else:
+            per_axis = [
+                None if symbolic_helper._is_none(v) else symbolic_helper._maybe_get_const(v, "f") for v in scales
+            ]
+        if any(v is not None and not isinstance(v, float) for v in per_axis):
+            return symbolic_helper._unimplemented(name, "scale factors not constant", x)
+        h_in, w_in = in_sizes[2:]
+        h_out, w_out = out_sizes[2:]
+        rows = _separable_weights(op, h_in, h_out, corners, per_axis[0])  # [h_out, h_in]
+        cols = _separable_weights(op, w_in, w_out, corners, per_axis[1]).t().contiguous()  # [w_in, w_out]
+        dtype = _type_utils.JitScalarType.from_value(x, _type_utils.JitScalarType.FLOAT).dtype()
+        rows_c, cols_c = (g.op("Constant", value_t=w.to(dtype)) for w in (rows, cols))
+        return g.op("MatMul", rows_c, g.op("MatMul", x, cols_c))
+
+    return symbolic
+
+
+_AA_RESIZES = ("aten::_upsample_bilinear2d_aa", "aten::_upsample_bicubic2d_aa")
+
+
+def _has_literal_zero(g, shape) -> bool:  # noqa: ANN001
+    """Whether the traced `view` / `reshape` size holds a constant 0 (as opposed to sizes only known at run time)."""
+    if symbolic_helper._is_packed_list(shape):
+        sizes = [symbolic_helper._maybe_get_const(v, "i") for v in symbolic_helper._unpack_list(shape)]
+    else:
+        sizes = symbolic_helper._maybe_get_const(shape, "is")
+    return isinstance(sizes, (list, tuple)) and any(isinstance(n, int) and n == 0 for n in sizes)
+
+
+def _zero_size_reshape(default):  # noqa: ANN001, ANN202
+    """`aten::view` / `aten::reshape` whose size holds a literal 0: ONNX `Reshape` with `allowzero=1`, because by
+    default ONNX reads 0 as "copy the input's size here", and PyTorch as "size 0"; everything else as `default`."""
+
+    def symbolic(g, self, shape):  # noqa: ANN001, ANN202
+        if g.opset >= 14 and _has_literal_zero(g, shape):
+            return symbolic_helper._reshape_helper(g, self, shape, allowzero=1)
+        return default(g, self, shape)
+
+    return symbolic
+
+
 def register_symbolics(opset: int) -> None:
     """Register the decompositions for `opset` (idempotent)."""
     if opset in _registered:
@@ -334,4 +443,12 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::fft_fft", _fft_fft, opset)
     torch.onnx.register_custom_op_symbolic("aten::real", _complex_part(0, "aten::real"), opset)
     torch.onnx.register_custom_op_symbolic("aten::imag", _complex_part(1, "aten::imag"), opset)
+    torch.onnx.register_custom_op_symbolic("aten::full", _full, opset)
+    torch.onnx.register_custom_op_symbolic("aten::view", _zero_size_reshape(symbolic_opset9.view), opset)
+    reshape = symbolic_opset14.reshape if opset >= 14 else symbolic_opset9.reshape
+    torch.onnx.register_custom_op_symbolic("aten::reshape", _zero_size_reshape(reshape), opset)
+    for name, symbolic in _INPLACE_LOGICAL.items():
+        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
+    for name in _AA_RESIZES:
+        torch.onnx.register_custom_op_symbolic(name, _antialiased_resize(name), opset)
     _registered.add(opset)

@@ -21,7 +21,8 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        help="folder for supported_models.md/.json (default: docs/ for a full sweep; nothing for --only/--ci)",
+        help="folder for supported_models.md/.json (default: docs/ for a full sweep, or for one --task, whose rows "
+        "replace that task's rows there; nothing for --only/--ci)",
     )
 
 
@@ -29,7 +30,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from QEfficient.sweep.report import render_markdown, summary, write_json
+    from QEfficient.sweep.report import read_json, render_markdown, summary, write_json
     from QEfficient.sweep.runner import run_sweep
     from QEfficient.transformers.models.adapters import adapter_sizes
 
@@ -60,6 +61,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.workers} workers",
             "adapters": adapter_sizes(),
         }
+        previous = output / "supported_models.json"
+        if args.task != "all" and previous.exists():  # one task re-swept: the other tasks' rows stay as they were
+            old_meta, old_rows = read_json(previous)
+            rows = [r for r in old_rows if r.task not in tasks] + rows
+            meta["command"] = f"{old_meta['command']}` ({old_meta['date']}), then `{command}"
         write_json(rows, output / "supported_models.json", meta)
         markdown = output / "supported_models.md"
         tmp = markdown.with_suffix(".md.tmp")

@@ -65,6 +65,12 @@ def cmd_transcribe(args: argparse.Namespace, compile_options: dict[str, Any] | N
     with progress("Loading model"):
         model_path = args.model or str(default_speech_model())
         model = QEFFAutoModelForSpeechSeq2Seq.from_pretrained(model_path)
+    if not isinstance(model, QEFFAutoModelForSpeechSeq2Seq):
+        raise ValueError(
+            f"{model_path} is an audio LLM ({model.model_name}), which answers prompts about audio: qeff transcribe "
+            "runs encoder-decoder speech models (Whisper, ...). Use "
+            "QEFFAutoModelForAudioTextToText.generate(audio=..., prompts=...) (docs/speech_to_text.md, 'Audio LLMs')."
+        )
     with progress("Exporting ONNX graphs"):
         model.export(ctx_len=args.ctx_len)
     with progress("Compiling for ONNX Runtime"):

@@ -40,9 +40,13 @@ CI_SLICE: dict[str, tuple[str, ...]] = {
     ),
     "encoder": ("bert", "convbert", "deberta-v2", "mobilebert", "modernbert", "roberta"),
     "sequence-classification": ("bert", "deepseek_v2", "gpt2", "llama", "qwen2", "qwen3_moe"),
-    "speech-seq2seq": ("whisper",),
+    "speech-seq2seq": ("whisper", "voxtral"),  # an encoder-decoder; an audio LLM (features merged into embeddings)
     "ctc": ("wav2vec2", "hubert"),
-    "image-text-to-text": ("llava", "llava_next", "mistral3", "gemma3", "qwen2_5_vl", "internvl", "llama4", "mllama"),
+    "image-text-to-text": (
+        *("llava", "llava_next", "mistral3", "gemma3", "qwen2_5_vl", "internvl", "llama4", "mllama"),
+        "blip-2",  # the language model runs on merged embeddings
+        "paligemma",  # a bidirectional prefix
+    ),
 }
 
 

@@ -41,12 +41,13 @@ from QEfficient.utils.errors import first_line
 GENERATION_LEN = 16
 PREFILL_SEQ_LEN = 8
 PATCHES_PER_SIDE = 4  # tiny images: 4 x 4 patches
+VIDEO_FRAMES = 4  # frames of a video model's tiny video (InstructBLIP-Video's prompt holds 4 x its query tokens)
 
 # Values that must agree with the tiny image (PATCHES_PER_SIDE patches a side), per model type.
 IMAGE_OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma3": {"mm_tokens_per_image": 4},  # pooled 2 x 2 from the 4 x 4 patches
     "shieldgemma2": {"mm_tokens_per_image": 4},
-    "paligemma": {"vision_config": {"projection_dim": 64}},  # the projector's output: the tiny text width
+    "paligemma": {"projection_dim": 64, "vision_config": {"projection_dim": 64}},  # the projector: tiny text width
     "vipllava": {"vision_feature_layers": [-2, -1]},  # layers of the 2-layer tiny tower
     "llama4": {"vision_config": {"intermediate_size": 256}},  # the pixel-shuffle MLP's input: 64 / 0.5**2
     # the projector's input: the last hidden state and one intermediate layer's, concatenated (2 x 64)
@@ -73,7 +74,7 @@ def tiny_image_config(model_type: str):  # noqa: ANN201 - PreTrainedConfig
     if getattr(vision, "window_size", None) and isinstance(patch, int):  # Qwen2.5-VL's window, in pixels
         merge = getattr(vision, "spatial_merge_size", 1) or 1
         overrides["vision_config"] = {**overrides.get("vision_config", {}), "window_size": 2 * patch * merge}
-    for name in ("image_token_id", "image_token_index"):
+    for name in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
         if hasattr(config, name) and getattr(config, name) is None:  # left to the checkpoint: give it one
             overrides[name] = VOCAB - 11
     if _uses_multimodal_rope(model_type) and "mrope_section" not in (_text_rope(config) or {"mrope_section": 0}):
@@ -172,7 +173,12 @@ def _picture(config: Any) -> Any:
 
 def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Image inputs for one random picture, as the model's image processor makes them."""
-    from QEfficient.transformers.models.image_inputs import image_inputs_of
+    from QEfficient.transformers.models.image_inputs import (
+        VIDEO,
+        features_parameters,
+        image_inputs_of,
+        visual_modality,
+    )
 
     processor = _image_processor(model_type, config)
     vision = getattr(config, "vision_config", None)
@@ -180,8 +186,17 @@ def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> d
     if processor is None:
         channels = getattr(vision, "num_channels", 3) or 3
         generator = torch.Generator().manual_seed(0)
-        return {"pixel_values": torch.randn(1, channels, size, size, generator=generator).numpy()}
-    return image_inputs_of(processor(images=[_picture(config)], return_tensors="np"), model)
+        frames = (VIDEO_FRAMES,) if visual_modality(model) == VIDEO else ()  # a video: [1, frames, C, H, W]
+        inputs = {"pixel_values": torch.randn(1, *frames, channels, size, size, generator=generator).numpy()}
+    else:
+        inputs = image_inputs_of(processor(images=[_picture(config)], return_tensors="np"), model)
+    # text the image features depend on (InstructBLIP's Q-Former instruction): a few random tokens
+    for name in features_parameters(model, visual_modality(model)) or ():
+        if name.endswith("input_ids"):
+            inputs[name] = np.random.default_rng(5).integers(8, 40, (1, 6))
+        elif name.endswith("attention_mask"):
+            inputs[name] = np.ones((1, 6), dtype=np.int64)
+    return inputs
 
 
 def cross_attention_mask(model_type: str, config: Any, ids: list[int], token: int) -> np.ndarray:
@@ -208,25 +223,29 @@ def open_closed_gates(model: torch.nn.Module) -> None:
 
 
 def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray]) -> int:
+    from QEfficient.transformers.models.image_inputs import visual_modality
     from QEfficient.transformers.models.vision_encoder import VisionEncoderForExport
 
-    encoder = VisionEncoderForExport(model)
+    encoder = VisionEncoderForExport(model, visual_modality(model))
     tensors = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
-    encoder.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
-    encoder.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
+    graph = encoder.take_inputs(tensors)
     with torch.no_grad():
-        return int(encoder(*(tensors[name] for name in encoder.input_names))[0].shape[0])
+        return int(encoder(*graph.values())[0].shape[0])
 
 
 def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:
-    from QEfficient.transformers.models.image_inputs import image_token_id
+    from QEfficient.transformers.models.causal_lm_wrapper import bidirectional_prefix
+    from QEfficient.transformers.models.image_inputs import placeholder_token_id, visual_modality
 
+    token = placeholder_token_id(model.config, visual_modality(model))
     inputs = {name: torch.from_numpy(value) for name, value in image_inputs.items()}
     input_ids = torch.tensor([ids])
     parameters = inspect.signature(model.forward).parameters
     for name in ("mm_token_type_ids", "token_type_ids"):  # 1 marks image tokens, as the processors make them
         if name in parameters:
-            inputs[name] = (input_ids == image_token_id(model.config)).int()
+            inputs[name] = (input_ids == token).int()
+    if "token_type_ids" in parameters and bidirectional_prefix(model):  # PaliGemma's processor: 0 marks the prompt
+        inputs["token_type_ids"] = torch.zeros_like(input_ids)
     with torch.no_grad():
         out = model.generate(
             input_ids=input_ids,
@@ -254,7 +273,7 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
     """HF `generate` == the compiled vision + language programs, exact greedy tokens."""
     from QEfficient.sweep.checks import randomize_zero_matrices
     from QEfficient.transformers.models.causal_lm_wrapper import UnsupportedCausalLMError, cross_attention_layers
-    from QEfficient.transformers.models.image_inputs import image_token_id
+    from QEfficient.transformers.models.image_inputs import placeholder_token_id, visual_modality
     from QEfficient.transformers.models.image_text_to_text import (
         QEFFAutoModelForImageTextToText,
         check_image_text_supported,
@@ -276,7 +295,7 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
             check_image_text_supported(hf)
         except UnsupportedModelError as exc:
             raise StageFailure(UNSUPPORTED, "transform", first_line(exc)) from exc
-        token = image_token_id(config)
+        token = placeholder_token_id(config, visual_modality(hf))
         image_inputs = run_stage("image inputs", HF_CANNOT_BUILD, tiny_image_inputs, model_type, config, hf)
         cross = bool(cross_attention_layers(hf))
         if cross:  # one image token per image; its images enter through cross-attention
@@ -298,12 +317,14 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
             unsupported = (UnsupportedModelError, UnsupportedCausalLMError)
             qeff = load_stage(QEFFAutoModelForImageTextToText.from_pretrained, folder, unsupported=unsupported)
             ctx_len = len(ids) + GENERATION_LEN + PREFILL_SEQ_LEN
+            # prefill chunks across the image tokens, except for a prefix-LM, whose prompt is one bidirectional block
+            prefill_seq_len = len(ids) if qeff.language.model.prefix_lm else PREFILL_SEQ_LEN
             run_stage(
                 "compile",
                 FAIL,
                 qeff.compile,
                 image_inputs=image_inputs,
-                prefill_seq_len=PREFILL_SEQ_LEN,
+                prefill_seq_len=prefill_seq_len,
                 ctx_len=ctx_len,
             )
             got = run_stage("generate", FAIL, qeff.generate_ids, [ids], [image_inputs], GENERATION_LEN)[0]

@@ -139,9 +139,18 @@ def load_pretrained(
         model_class = model_class_for(auto_class, config)
         attention = choose_attention(model_class, requested_attention)
         logger.info("Loading %s with dtype=float32, attn_implementation=%r (forced for export).", source, attention)
-        return model_class.from_pretrained(
-            source, *args, dtype=torch.float32, attn_implementation=attention, **kwargs, **extra
-        )
+        try:
+            return model_class.from_pretrained(
+                source, *args, dtype=torch.float32, attn_implementation=attention, **kwargs, **extra
+            )
+        except ValueError as exc:
+            # sdpa chosen for the model, but one of its sub-models (VibeVoice's audio tokenizer) has no sdpa path
+            if attention != "sdpa" or requested_attention == "sdpa" or "support an attention" not in str(exc):
+                raise
+            logger.info("A sub-model of %s has no sdpa attention; loading with eager attention.", model_class.__name__)
+            return model_class.from_pretrained(
+                source, *args, dtype=torch.float32, attn_implementation="eager", **kwargs, **extra
+            )
 
     return prepare_for_export(local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only"))))
 

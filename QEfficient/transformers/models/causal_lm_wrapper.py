@@ -31,6 +31,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -244,6 +245,23 @@ def bidirectional_image_blocks(model: PreTrainedModel) -> Callable[[torch.Tensor
     return function if callable(function) and takes_types else None
 
 
+def bidirectional_prefix(model: PreTrainedModel) -> bool:
+    """Whether the model attends over its whole prompt bidirectionally when `token_type_ids` marks it as the prefix
+    (PaliGemma: image and prompt are a prefix-LM's prefix; the generated tokens are causal). Asked of HF itself: with
+    `token_type_ids` all zeros, does the first token's output change when the last one changes? Any failure counts
+    as False (causal). Only asked of a model that takes `token_type_ids` without Gemma3's per-image blocks."""
+    if "token_type_ids" not in inspect.signature(model.forward).parameters or bidirectional_image_blocks(model):
+        return False
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % vocab
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids), use_cache=False).logits
+    except Exception:  # noqa: BLE001 - a model that cannot answer is taken to be causal
+        return False
+    return not torch.equal(logits[0, 0], logits[1, 0])
+
+
 def cross_attention_layers(model: PreTrainedModel) -> tuple[int, ...]:
     """The cross-attention layers of a vision-language model whose images enter the language model through
     cross-attention (transformers' interface: the forward takes `cross_attention_states` and `cross_attention_mask`,
@@ -308,13 +326,14 @@ def _indexer_dim(name: str, index: int, layer: object) -> int | None:
 
 class _ImageFeatures(list):
     """The image features as HF's merge reads `pooler_output`: a list of per-image tensors (LLaVA concatenates them)
-    that also acts as the one tensor other models take (Gemma3 calls `.to(...)` on it, DeepSeek-VL `.reshape(...)`):
-    any tensor attribute is the concatenated features'."""
+    that also acts as the one tensor other models take (Gemma3 calls `.to(...)` on it, DeepSeek-VL `.reshape(...)`,
+    Video-LLaVA `.flatten(0, 1)`): any tensor attribute is the concatenated features' as one batch, `[1, N, H]`, the
+    shape of HF's own `pooler_output`."""
 
     def __getattr__(self, name: str) -> object:
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(torch.cat(list(self)), name)
+        return getattr(torch.cat(list(self)).unsqueeze(0), name)
 
 
 class _ImageOutput(BaseModelOutputWithPooling):
@@ -342,6 +361,15 @@ class CausalLMForExport(nn.Module):
         self.image_token_id = image_token_id
         self.rope_rows = multimodal_rope_rows(model) if image_token_id is not None else None
         self.image_blocks = bidirectional_image_blocks(model) if image_token_id is not None else None
+        # a prefix-LM (PaliGemma): every token of a prompt's prefill step reads the whole step (one block)
+        self.prefix_lm = image_token_id is not None and self.image_blocks is None and bidirectional_prefix(model)
+        if self.prefix_lm:
+            self.image_blocks = torch.zeros_like
+        # A model whose forward takes no precomputed features (`mm_encoder_outputs`; audio LLMs such as Voxtral) gets
+        # them merged into `inputs_embeds` here, as its own forward merges its encoder's output: each placeholder
+        # token's embedding replaced by its feature row.
+        takes_features = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+        self.merge_into_embeddings = image_token_id is not None and not takes_features
         # width of `image_embeds`: the image features' (the language model's hidden size unless the model projects
         # the vision tower's output itself); set by QEFFAutoModelForImageTextToText from its vision encoder
         self.image_features_dim: int | None = None
@@ -430,6 +458,20 @@ class CausalLMForExport(nn.Module):
             values = torch.where(given, values, own)
         return values[input_ids == self.image_token_id]
 
+    def _merged_embeddings(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """`inputs_embeds [B, S, H]`: the token embeddings with each placeholder token's replaced by its feature row
+        (where the flag column gives one; a generated placeholder token keeps its own embedding)."""
+        embeddings = self.model.get_input_embeddings()
+        if self.image_embeds_dim != embeddings.weight.shape[1]:
+            raise UnsupportedCausalLMError(
+                f"{type(self.model).__name__}'s encoder features are {self.image_embeds_dim} wide but its token "
+                f"embeddings {embeddings.weight.shape[1]}: they cannot replace the placeholder tokens' embeddings."
+            )
+        own = embeddings(input_ids.clamp(0, embeddings.weight.shape[0] - 1))
+        values, given = image_embeds[..., :-1].to(own.dtype), image_embeds[..., -1:] > 0.5
+        is_feature = (input_ids == self.image_token_id).unsqueeze(-1) & given
+        return torch.where(is_feature, values, own)
+
     @property
     def image_embeds_dim(self) -> int:
         """Width of the image features: by default the language model's hidden size, as the features replace token
@@ -455,7 +497,9 @@ class CausalLMForExport(nn.Module):
             "image_embeds_dim": self.image_embeds_dim if self.image_token_id is not None else None,
             "rope_rows": self.rope_rows,
             "bidirectional_image_blocks": self.image_blocks is not None,
+            "bidirectional_prefix": self.prefix_lm,
             "image_fields": dict(self.image_fields),
+            "merge_into_embeddings": self.merge_into_embeddings,
             "cross_attention_mask": self.cross_mask_shape,
         }
 
@@ -562,8 +606,11 @@ class CausalLMForExport(nn.Module):
         if self.image_blocks is not None:  # HF's own block ids of the image tokens (token type 1) of this step
             blocks = self.image_blocks((input_ids == self.image_token_id).long())
         mask = self._masks(position_ids, ctx_len, past[0].dtype, blocks)
-        multimodal = {}
-        if image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
+        # the tokens: their ids (HF embeds them), or their embeddings with the features merged in
+        multimodal: dict[str, Any] = {"input_ids": input_ids}
+        if image_embeds is not None and self.merge_into_embeddings:
+            multimodal = {"inputs_embeds": self._merged_embeddings(input_ids, image_embeds)}
+        elif image_embeds is not None:  # HF merges the features at its image-token positions, in its own way
             features = self._image_features(input_ids, image_embeds).to(past[0].dtype)
             # HF reads the projected features (`pooler_output`, a list per image) or, where it projects them itself,
             # the vision tower's `last_hidden_state`
@@ -580,7 +627,6 @@ class CausalLMForExport(nn.Module):
             rope_positions = rope_positions.unsqueeze(0) + rope_offsets.permute(2, 0, 1).round().long()
         with self._implementations(), self.last_position.at(position_ids):
             out = self.model(
-                input_ids=input_ids,
                 position_ids=rope_positions,
                 attention_mask=mask,
                 cache=cache,

@@ -4,6 +4,7 @@ placeholder token, and the sizes a vision program is compiled for."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -28,24 +29,78 @@ PER_TOKEN_INPUTS = frozenset({"cross_attention_mask"})
 
 
 
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    """What a placeholder-token multimodal model's encoder program computes and where the result goes: HF's features
+    function (on the model or its inner `model`) and the config fields naming the placeholder token."""
+
+    name: str
+    features_function: str
+    token_fields: tuple[str, ...]
+
+
+IMAGE = Modality("image", "get_image_features", ("image_token_id", "image_token_index"))
+AUDIO = Modality("audio", "get_audio_features", ("audio_token_id", "audio_token_index"))
+VIDEO = Modality("video", "get_video_features", ("video_token_id", "video_token_index"))
+
+
+def visual_modality(model: nn.Module) -> Modality:
+    """IMAGE for a model with `get_image_features`; VIDEO for one with `get_video_features` only (InstructBLIP-Video,
+    whose prompt holds video placeholder tokens)."""
+    if features_function(model, IMAGE) is None and features_function(model, VIDEO) is not None:
+        return VIDEO
+    return IMAGE
+
+
+def features_function(model: nn.Module, modality: Modality = IMAGE) -> Any:
+    """HF's features function of a multimodal model (`get_image_features`, `get_audio_features`; on the model, or on
+    its inner `model`); None if none."""
+    function = getattr(model, modality.features_function, None)
+    inner = getattr(model, "model", None)
+    return function if callable(function) else getattr(inner, modality.features_function, None)
+
+
 def image_features_function(model: nn.Module) -> Any:
     """HF's `get_image_features` of a vision-language model (on the model, or on its inner `model`); None if none."""
-    function = getattr(model, "get_image_features", None)
-    inner = getattr(model, "model", None)
-    return function if callable(function) else getattr(inner, "get_image_features", None)
+    return features_function(model, IMAGE)
+
+
+def features_parameters(model: nn.Module, modality: Modality) -> list[str] | None:
+    """The inputs the features function names (looking through a `(*args, **kwargs)` delegate to the inner model's),
+    None when it names none."""
+    for owner in (model, getattr(model, "model", None)):
+        function = getattr(owner, modality.features_function, None)
+        if not callable(function):
+            continue
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names = [n for n, p in inspect.signature(function).parameters.items() if p.kind in kinds]
+        if names:
+            return names
+    return None
+
+
+def placeholder_token_id(config: Any, modality: Modality = IMAGE) -> int:
+    """The placeholder token that a multimodal model's images (or audio) replace in the prompt."""
+    for name in modality.token_fields:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    fields = " / ".join(f"`{name}`" for name in modality.token_fields)
+    raise UnsupportedModelError(
+        f"{type(config).__name__} names no {modality.name} token ({fields}): its {modality.name} input does not "
+        "replace placeholder tokens of the prompt, which is the mechanism implemented."
+    )
 
 
 def image_token_id(config: Any) -> int:
     """The placeholder token that a vision-language model's images replace in the prompt."""
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    raise UnsupportedModelError(
-        f"{type(config).__name__} names no image token (`image_token_id` / `image_token_index`): its images do not "
-        "replace placeholder tokens of the prompt, which is what QEFFAutoModelForImageTextToText implements."
-    )
+    return placeholder_token_id(config, IMAGE)
 
+
+def is_text_input(name: str) -> bool:
+    """Whether an integer encoder input carries text (InstructBLIP's `qformer_input_ids` and its attention mask):
+    each prompt's data, a graph input, unlike the integers that describe an image's geometry."""
+    return name.endswith("input_ids") or name.endswith("attention_mask")
 
 
 def image_inputs_of(encoded: dict[str, Any], model: nn.Module | None = None) -> dict[str, np.ndarray]:

@@ -44,16 +44,22 @@ from transformers import AutoModelForImageTextToText
 from QEfficient.transformers.loading import load_pretrained, prepare_for_export
 from QEfficient.transformers.models.causal_lm import QEFFAutoModelForCausalLM
 from QEfficient.transformers.models.image_inputs import (
+    IMAGE,
     PER_TOKEN_INPUTS,
+    VIDEO,
+    Modality,
     as_rgb_image,
     default_img_size,
-    image_features_function,
+    features_function,
+    features_parameters,
     image_inputs_of,
-    image_token_id,
     images_in,
+    is_text_input,
     load_processor,
     per_image_groups,
+    placeholder_token_id,
     size_pair,
+    visual_modality,
 )
 from QEfficient.transformers.models.image_text_single_program import QEFFImageTextSingleProgram
 from QEfficient.transformers.models.modeling_auto import DEFAULT_CTX_LEN
@@ -61,6 +67,9 @@ from QEfficient.transformers.models.registry import UnsupportedModelError
 from QEfficient.transformers.models.vision_encoder import QEFFCrossAttentionVisionEncoder, QEFFVisionEncoder
 
 logger = logging.getLogger(__name__)
+
+# Tokens of text that image features depend on (InstructBLIP's Q-Former instruction) a vision program takes.
+FEATURE_TEXT_LEN = 64
 
 
 def check_image_text_supported(model: nn.Module) -> None:
@@ -71,7 +80,8 @@ def check_image_text_supported(model: nn.Module) -> None:
     name = type(model).__name__
     forward = inspect.signature(model.forward).parameters
     cross = bool(cross_attention_layers(model))
-    if not cross and ("mm_encoder_outputs" not in forward or image_features_function(model) is None):
+    features = features_function(model, visual_modality(model))
+    if not cross and ("mm_encoder_outputs" not in forward or features is None):
         raise UnsupportedModelError(
             f"{name} takes neither precomputed image features (`mm_encoder_outputs`, with `get_image_features` on "
             "the model or its inner model) nor cross-attention states (`cross_attention_states`, "
@@ -79,23 +89,39 @@ def check_image_text_supported(model: nn.Module) -> None:
             "model another way (an encoder-decoder, its own cross-attention inputs), which "
             "QEFFAutoModelForImageTextToText does not implement yet."
         )
-    required = forward.get("pixel_values")
-    if required is not None and required.default is inspect.Parameter.empty:
+    if requires_images(model) and separate_language_model(model) is None:
         raise UnsupportedModelError(
-            f"{name} requires `pixel_values` in every forward (its language model does not run on text alone), so "
-            "its images cannot be encoded once by a separate vision program."
+            f"{name} requires `pixel_values` in every forward (its language model does not run on text alone) and "
+            "has no separate causal language model (`language_model` with an LM head), so its images cannot be "
+            "encoded once by a separate vision program."
         )
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder language models are supported.")
-    from QEfficient.transformers.models.causal_lm_wrapper import bidirectional_image_blocks
+    from QEfficient.transformers.models.causal_lm_wrapper import bidirectional_image_blocks, bidirectional_prefix
 
-    if "token_type_ids" in forward and bidirectional_image_blocks(model) is None:
+    if "token_type_ids" in forward and bidirectional_image_blocks(model) is None and not bidirectional_prefix(model):
         raise UnsupportedModelError(
-            f"{name} reads `token_type_ids` to change its attention (a prefix attended bidirectionally); the masks "
-            "implement causal attention and Gemma3's bidirectional image blocks."
+            f"{name} reads `token_type_ids` to change its attention in a way the masks do not implement (they "
+            "implement causal attention, Gemma3's bidirectional image blocks and PaliGemma's bidirectional prefix)."
         )
-    image_token_id(model.config)
+    placeholder_token_id(model.config, visual_modality(model))
 
+
+
+def requires_images(model: nn.Module) -> bool:
+    """Whether the model's forward takes `pixel_values` without a default (BLIP-2: every forward merges images)."""
+    required = inspect.signature(model.forward).parameters.get("pixel_values")
+    return required is not None and required.default is inspect.Parameter.empty
+
+
+def separate_language_model(model: nn.Module) -> nn.Module | None:
+    """The causal language model that a composite model runs on the merged embeddings (its `language_model`, with its
+    own LM head, as BLIP-2's `generate` runs it), or None."""
+    language = getattr(model, "language_model", None)
+    if language is None or getattr(language.config, "is_encoder_decoder", False):
+        return None
+    has_head = callable(getattr(language, "get_output_embeddings", None)) and language.get_output_embeddings()
+    return language if has_head is not None and has_head is not False else None
 
 
 class QEFFAutoModelForImageTextToText:
@@ -115,6 +141,8 @@ class QEFFAutoModelForImageTextToText:
     """
 
     _hf_auto_class: ClassVar[Any] = AutoModelForImageTextToText
+    # what the encoder program computes (HF's `get_image_features`) and which placeholder token it replaces
+    modality: ClassVar[Modality] = IMAGE
 
     def __init__(
         self,
@@ -126,7 +154,7 @@ class QEFFAutoModelForImageTextToText:
     ) -> None:
         from QEfficient.transformers.models.causal_lm_wrapper import cross_attention_layers
 
-        check_image_text_supported(model)
+        self.check_supported(model)
         # the cross-attention layers of a model that takes its images through cross-attention (Mllama), else ()
         self.cross_layers = cross_attention_layers(model)
         if self.cross_layers and not kv_offload:
@@ -141,19 +169,28 @@ class QEFFAutoModelForImageTextToText:
         self.kv_offload = kv_offload
         self.processor = processor
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
-        self.image_token_id = image_token_id(model.config)
+        if self.modality == IMAGE:  # a video model (InstructBLIP-Video) takes its frames through the same mechanism
+            self.modality = visual_modality(model)
+        self.image_token_id = placeholder_token_id(model.config, self.modality)
         self.hf_model = model
         if self.cross_layers:  # the language program takes cross keys and values, not features at image tokens
             self.vision: QEFFVisionEncoder = QEFFCrossAttentionVisionEncoder(model, self.cross_layers)
             self.language = QEFFAutoModelForCausalLM(model, continuous_batching=continuous_batching)
         else:
-            self.vision = QEFFVisionEncoder(model)
+            self.vision = QEFFVisionEncoder(model, modality=self.modality)
+            # a model that merges images in every forward (BLIP-2) runs its language model on the merged embeddings
+            language = separate_language_model(model) if requires_images(model) else model
             self.language = QEFFAutoModelForCausalLM(
-                model, continuous_batching=continuous_batching, image_token_id=self.image_token_id
+                language, continuous_batching=continuous_batching, image_token_id=self.image_token_id
             )
         self.single = None if kv_offload else QEFFImageTextSingleProgram(self.vision, self.language)
         self.image_size: tuple[int, int] | None = None
         self.num_images = 1
+
+    @staticmethod
+    def check_supported(model: nn.Module) -> None:
+        """A clear error for a model outside the mechanisms this class implements."""
+        check_image_text_supported(model)
 
     @classmethod
     def from_pretrained(
@@ -164,7 +201,7 @@ class QEFFAutoModelForImageTextToText:
         continuous_batching: bool = False,
         processor: Any = None,
         **kwargs: Any,
-    ) -> QEFFAutoModelForImageTextToText:
+    ) -> Any:  # an instance of cls
         """Load a HF vision-language model (local folder, or hub id offline from the HF cache) and its processor
         (from the same folder, when one is saved there; else pass `processor=` to `generate`)."""
         hf_model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
@@ -203,7 +240,12 @@ class QEFFAutoModelForImageTextToText:
         image_processor = getattr(processor, "image_processor", processor)
         if self.cross_layers:  # the images of one prompt
             images = [images]
-        return image_inputs_of(image_processor(images=images, return_tensors="np"), self.hf_model)
+        inputs = image_inputs_of(image_processor(images=images, return_tensors="np"), self.hf_model)
+        # text the features depend on (InstructBLIP's Q-Former instruction): compiled for up to FEATURE_TEXT_LEN tokens
+        for name in features_parameters(self.hf_model, self.modality) or ():
+            if is_text_input(name):
+                inputs[name] = np.ones((1, FEATURE_TEXT_LEN), dtype=np.int64)
+        return inputs
 
     def compile(
         self,
@@ -333,7 +375,11 @@ class QEFFAutoModelForImageTextToText:
         """Token ids of one prompt with its images (through the processor and, with `chat`, its chat template) and
         the processor's image inputs."""
         ids, encoded, has_images = self._encode(images, prompt, processor, chat, index)
-        return ids, image_inputs_of(encoded, self.hf_model) if has_images else {}
+        return ids, self.encoder_inputs_of(encoded) if has_images else {}
+
+    def encoder_inputs_of(self, encoded: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The encoder program's part of a processor's output (the image inputs the model's forward takes)."""
+        return image_inputs_of(encoded, self.hf_model)
 
     def hf_inputs(self, images: Any, prompt: str, processor: Any = None, chat: bool = True) -> dict[str, torch.Tensor]:
         """What HF `generate` takes for one prompt with its images: the processor's outputs that the model's forward
@@ -353,8 +399,10 @@ class QEFFAutoModelForImageTextToText:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"Prompt {index} is empty or not a string.")
         text = prompt
+        video = self.modality == VIDEO  # the images are one video's frames
         if chat:
-            content = [{"type": "image"} for _ in image_list] + [{"type": "text", "text": prompt}]
+            entries = [{"type": "video"}] if video and image_list else [{"type": "image"} for _ in image_list]
+            content = [*entries, {"type": "text", "text": prompt}]
             template = getattr(processor, "chat_template", None) or getattr(
                 getattr(processor, "tokenizer", None), "chat_template", None
             )
@@ -366,14 +414,15 @@ class QEFFAutoModelForImageTextToText:
             text = processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
             )
-        placeholder = getattr(processor, "image_token", None)
+        placeholder = getattr(processor, "video_token" if video else "image_token", None)
         if image_list and not chat and placeholder and placeholder not in text:
             raise ValueError(
                 f"Prompt {index} has no image token {placeholder!r} for its {len(image_list)} image(s): put one "
                 "per image where the image belongs, or pass chat=True to use the chat template."
             )
         try:
-            encoded = processor(images=image_list or None, text=[text], return_tensors="np")
+            media = {"videos": [image_list] if image_list else None} if video else {"images": image_list or None}
+            encoded = processor(**media, text=[text], return_tensors="np")
         except ValueError as exc:
             raise ValueError(f"Prompt {index}: the processor refused the prompt and its images: {exc}") from exc
         ids = [int(t) for t in np.asarray(encoded["input_ids"])[0]]
@@ -401,7 +450,8 @@ class QEFFAutoModelForImageTextToText:
         ids = np.asarray(ids)
         positions = np.flatnonzero(ids == self.image_token_id)
         count = 0 if features is None else len(features["image_features"])
-        self._check_blocks_fit_chunks(positions, index)
+        # a prefix-LM's whole prompt is one bidirectional block, as are Gemma3's images
+        self._check_blocks_fit_chunks(np.arange(len(ids)) if self.language.model.prefix_lm else positions, index)
         if not images_in_program and len(positions) != count:
             raise ValueError(
                 f"Prompt {index} has {len(positions)} image tokens but its images give {count} image features: "
@@ -421,12 +471,18 @@ class QEFFAutoModelForImageTextToText:
 
     def _check_blocks_fit_chunks(self, positions: np.ndarray, index: int) -> None:
         """A model whose images attend to themselves bidirectionally (Gemma3) needs each image's tokens in one
-        prefill chunk: a token cannot read the keys of a later chunk."""
+        prefill chunk, and a prefix-LM (PaliGemma) its whole prompt: a token cannot read the keys of a later chunk."""
         chunk = self.language.compile_config.get("prefill_seq_len")
         if self.language.model.image_blocks is None or not len(positions) or not chunk:
             return
         starts = np.flatnonzero(np.diff(positions, prepend=-2) != 1)
         for first, last in zip(positions[starts], positions[np.r_[starts[1:] - 1, len(positions) - 1]]):
+            if first // chunk != last // chunk and self.language.model.prefix_lm:
+                raise ValueError(
+                    f"Prompt {index} has {last + 1} tokens: {self.model_name} attends over its whole prompt "
+                    f"bidirectionally, so the prompt must fit one prefill chunk (prefill_seq_len={chunk}). Compile "
+                    f"with prefill_seq_len >= {last + 1} (e.g. {-(-(last + 1) // 64) * 64})."
+                )
             if first // chunk != last // chunk:
                 raise ValueError(
                     f"Prompt {index}: {self.model_name}'s image tokens attend to their whole image, so an image must "
@@ -601,10 +657,12 @@ class QEFFAutoModelForImageTextToText:
                 f"prefill_seq_len >= {len(ids)}, or use kv_offload=True."
             )
         names = self.vision.model.input_names
+        dtypes = {n: np.int64 if is_text_input(n) else np.float32 for n in names}
         if not image_inputs:
-            return {n: np.zeros(self.vision.example_shapes[n], dtype=np.float32) for n in names}
+            return {n: np.zeros(self.vision.example_shapes[n], dtype=dtypes[n]) for n in names}
+        image_inputs = self.vision.fit_text_inputs(image_inputs)
         self.vision.check_geometry(image_inputs)
-        return {n: np.asarray(image_inputs[n], dtype=np.float32) for n in names}
+        return {n: np.asarray(image_inputs[n], dtype=dtypes[n]) for n in names}
 
     def generate_ids(
         self,

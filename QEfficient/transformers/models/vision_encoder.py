@@ -18,7 +18,14 @@ from transformers import DynamicCache
 
 from QEfficient.base.modeling_qeff import SINGLE_GRAPH, QEFFBaseModel
 from QEfficient.base.pytorch_transforms import FloatTransform
-from QEfficient.transformers.models.image_inputs import PER_TOKEN_INPUTS, image_features_function
+from QEfficient.transformers.models.image_inputs import (
+    IMAGE,
+    PER_TOKEN_INPUTS,
+    Modality,
+    features_function,
+    features_parameters,
+    is_text_input,
+)
 from QEfficient.transformers.models.registry import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -32,15 +39,26 @@ class VisionEncoderForExport(nn.Module):
     (`image_sizes`, `image_grid_thw`, ...), which HF's Python code turns into shapes, so they are fixed at export
     (`geometry`) and the program checks that the images it runs have the same."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modality: Modality = IMAGE) -> None:
+        """`modality`: which features function runs (`get_image_features`, or `get_audio_features` for an audio
+        LLM's encoder program, which is the same graph over audio inputs)."""
         super().__init__()
         self.model = model
+        self.modality = modality
         self.input_names: list[str] = []
         self.geometry: dict[str, torch.Tensor] = {}
 
     @property
     def config(self) -> Any:
         return self.model.config
+
+    def take_inputs(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Split example inputs: the graph's inputs (floating point, and text ids and masks, which are each prompt's
+        data) are returned in order; the other integer inputs describe the geometry and are fixed (`geometry`)."""
+        graph = {name: t for name, t in tensors.items() if t.is_floating_point() or is_text_input(name)}
+        self.geometry = {name: t for name, t in tensors.items() if name not in graph}
+        self.input_names = list(graph)
+        return graph
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`image_features [N, H]`, then each extra field of the output (`extra_fields`) as `[N, L, H]`."""
@@ -49,8 +67,11 @@ class VisionEncoderForExport(nn.Module):
     def outputs(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """`{"image_features": [N, H], <extra field>: [N, L, H], ...}`, the graph's outputs by name."""
         kwargs = {**dict(zip(self.input_names, inputs)), **self.geometry}
+        function = features_function(self.model, self.modality)
+        if "sample" in (features_parameters(self.model, self.modality) or ()):  # a VAE's noise off: its mean
+            kwargs["sample"] = False
         with eager_vision_attention(self.model):
-            out = image_features_function(self.model)(**kwargs, return_dict=True)
+            out = function(**kwargs, return_dict=True)
         return {"image_features": self._features(out), **extra_image_fields(out)}
 
     @staticmethod
@@ -152,9 +173,11 @@ class QEFFVisionEncoder(QEFFBaseModel):
 
     _pytorch_transforms: ClassVar[list] = [FloatTransform]
 
-    def __init__(self, model: nn.Module, module: VisionEncoderForExport | None = None) -> None:
-        """`module`: the graph's module (default `VisionEncoderForExport(model)`)."""
-        super().__init__(module or VisionEncoderForExport(model))
+    def __init__(
+        self, model: nn.Module, module: VisionEncoderForExport | None = None, modality: Modality = IMAGE
+    ) -> None:
+        """`module`: the graph's module (default `VisionEncoderForExport(model, modality)`)."""
+        super().__init__(module or VisionEncoderForExport(model, modality))
         self.example_shapes: dict[str, tuple[int, ...]] = {}
         self.geometry: dict[str, np.ndarray] = {}  # the integer image inputs the graph was exported for
         self.features_dim: int | None = None  # width of image_features, known once exported
@@ -162,16 +185,15 @@ class QEFFVisionEncoder(QEFFBaseModel):
 
     @property
     def model_name(self) -> str:
-        return f"{type(self.model.model).__name__}-vision"
+        suffix = "vision" if self.model.modality == IMAGE else self.model.modality.name
+        return f"{type(self.model.model).__name__}-{suffix}"
 
     def export(self, export_dir: str | Path | None = None, image_inputs: dict[str, np.ndarray] | None = None) -> Path:
         """Export for the image inputs `image_inputs` (a processor's output for the compiled image size)."""
         if image_inputs is None:
             raise ValueError("The vision encoder is exported for example image inputs: export(image_inputs=...).")
         tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
-        example = {name: t for name, t in tensors.items() if t.is_floating_point()}
-        self.model.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
-        self.model.input_names = list(example)
+        example = self.model.take_inputs(tensors)
         self.example_shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         self.geometry = {name: t.numpy() for name, t in self.model.geometry.items()}
         with torch.no_grad():
@@ -203,36 +225,71 @@ class QEFFVisionEncoder(QEFFBaseModel):
 
     def run(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`{"image_features": [N, H], "image_<field>": [N, L, H] ...}` for image inputs of the compiled geometry."""
+        image_inputs = self.fit_text_inputs(image_inputs)
         self.check_geometry(image_inputs)
         feed = {name: np.asarray(image_inputs[name]) for name in self.model.input_names}
         outputs = self.program.run(feed)
         return {name: outputs[name] for name in self.output_names}
 
-    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
-        """A clear error unless the image inputs have the compiled shapes and geometry."""
-        shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
-        if shapes != self.example_shapes:
-            raise ValueError(
-                f"The vision encoder is compiled for image inputs {self.example_shapes}; these images give {shapes}. "
-                "Compile for this image size and count (compile(img_size=..., num_images=...)), or resize the images."
-            )
-        for name, value in self.geometry.items():
-            if not np.array_equal(np.asarray(image_inputs[name]), value):
+    def fit_text_inputs(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Text ids and masks (InstructBLIP's Q-Former instruction) padded to the compiled length: ids with 0 and the
+        mask with 0, so the padding is masked out. A text longer than compiled is a clear error."""
+        fitted = dict(image_inputs)
+        for name, shape in self.example_shapes.items():
+            if not is_text_input(name) or name not in image_inputs:
+                continue
+            value = np.asarray(image_inputs[name])
+            length, compiled = value.shape[-1], shape[-1]
+            if length > compiled:
                 raise ValueError(
-                    f"The vision encoder is compiled for images with {name} = {value.tolist()}; these images have "
-                    f"{np.asarray(image_inputs[name]).tolist()}. Compile for this image size (compile(img_size=...)) "
-                    "or resize the images."
+                    f"{name} has {length} tokens; the {self.model.modality.name} encoder is compiled for at most "
+                    f"{compiled}. Compile with example inputs whose {name} is at least {length} long."
                 )
+            mask = name.replace("input_ids", "attention_mask")
+            if length < compiled and mask not in self.example_shapes:
+                raise ValueError(f"{name} has {length} tokens but the encoder is compiled for exactly {compiled}.")
+            pad = [(0, 0)] * (value.ndim - 1) + [(0, compiled - length)]
+            fitted[name] = np.pad(value, pad)
+        return fitted
+
+    def check_geometry(self, image_inputs: dict[str, np.ndarray]) -> None:
+        """A clear error unless the inputs have the compiled shapes and geometry (the integer inputs' values)."""
+        shapes = {name: tuple(np.shape(value)) for name, value in image_inputs.items()}
+        mismatch = shapes != self.example_shapes
+        what = "image" if self.model.modality == IMAGE else self.model.modality.name
+        detail = f"{what} inputs {self.example_shapes}; these give {shapes}"
+        for name, value in self.geometry.items() if not mismatch else ():
+            given = np.asarray(image_inputs[name])
+            if not np.array_equal(given, value):
+                mismatch = True
+                detail = f"{name} = {_summary(value)}; these have {_summary(given)}"
+                break
+        if not mismatch:
+            return
+        if self.model.modality == IMAGE:
+            raise ValueError(
+                f"The vision encoder is compiled for {detail}. Compile for this image size and count "
+                "(compile(img_size=..., num_images=...)), or resize the images."
+            )
+        raise ValueError(
+            f"The {what} encoder is compiled for {detail}. Compile for this clip length "
+            "(compile(audio_seconds=...)), or cut or pad the clip to the compiled length."
+        )
 
     def pytorch(self, image_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The same outputs from the PyTorch module, for any image inputs (for validation)."""
-        module = VisionEncoderForExport(self.model.model)
+        module = VisionEncoderForExport(self.model.model, self.model.modality)
         tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in image_inputs.items()}
-        module.geometry = {name: t for name, t in tensors.items() if not t.is_floating_point()}
-        module.input_names = [name for name, t in tensors.items() if t.is_floating_point()]
+        graph = module.take_inputs(tensors)
         with torch.no_grad():
-            outputs = module(*(tensors[name] for name in module.input_names))
+            outputs = module(*graph.values())
         return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
+
+
+def _summary(value: np.ndarray) -> str:
+    """An integer input's values as a short text: the list when small, else its shape and sum."""
+    value = np.asarray(value)
+    return str(value.tolist()) if value.size <= 16 else f"an array of shape {value.shape} summing to {value.sum()}"
 
 
 class QEFFCrossAttentionVisionEncoder(QEFFVisionEncoder):
