@@ -462,6 +462,8 @@ def validate_speech_seq2seq(
 
     if not isinstance(model, QEFFAutoModelForSpeechSeq2Seq):
         model = QEFFAutoModelForSpeechSeq2Seq.from_pretrained(model, **from_pretrained_kwargs)
+    if not isinstance(model, QEFFAutoModelForSpeechSeq2Seq):  # a decoder-only audio LLM
+        return validate_audio_text_to_text(model, audio, generation_len=generation_len)
     report = ValidationReport(model=model.model_name, atol=0.0)
     try:
         if inputs is not None:
@@ -564,35 +566,62 @@ def validate_image_text_to_text(
 
     if not isinstance(model, QEFFAutoModelForImageTextToText):
         model = QEFFAutoModelForImageTextToText.from_pretrained(model)
-    qeff = model
-    report = ValidationReport(qeff.model_name, 0.0)
     if not images:
-        side = default_img_size(qeff.hf_model.config)
+        side = default_img_size(model.hf_model.config)
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8)]
     images = [as_rgb_image(image, i) for i, image in enumerate(images)]
+    return _validate_placeholder_model(model, images, prompt, generation_len, prefill_seq_len, "vision program")
+
+
+def validate_audio_text_to_text(
+    model: Any,
+    audio: Sequence[Any] | None = None,
+    prompt: str = "Transcribe the audio.",
+    generation_len: int = 16,
+    prefill_seq_len: int = 32,
+) -> ValidationReport:
+    """`validate_image_text_to_text` for a decoder-only audio LLM (`QEFFAutoModelForAudioTextToText`): HF `generate`
+    against the compiled audio encoder and language programs. `audio` (WAV paths or 1-D samples) defaults to one
+    second of noise."""
+    from QEfficient.transformers.models.audio_text_to_text import QEFFAutoModelForAudioTextToText
+
+    if not isinstance(model, QEFFAutoModelForAudioTextToText):
+        model = QEFFAutoModelForAudioTextToText.from_pretrained(model)
+    if not audio:
+        audio = [(0.1 * np.random.default_rng(0).standard_normal(model.sampling_rate)).astype(np.float32)]
+    return _validate_placeholder_model(model, list(audio), prompt, generation_len, prefill_seq_len, "audio program")
+
+
+def _validate_placeholder_model(
+    qeff: Any, media: list[Any], prompt: str, generation_len: int, prefill_seq_len: int, encoder_stage: str
+) -> ValidationReport:
+    """HF `generate` on the processor's inputs for `prompt` with `media`, then the encoder program (features against
+    the PyTorch encoder's) and the language program's greedy tokens (exactly HF's)."""
+    report = ValidationReport(qeff.model_name, 0.0)
     chat = getattr(qeff.processor, "chat_template", None) is not None
-    ids, image_inputs = qeff.prepare(images, prompt, chat=chat)
-    hf_inputs = qeff.hf_inputs(images, prompt, chat=chat)
+    ids, encoder_inputs = qeff.prepare(media, prompt, chat=chat)
+    hf_inputs = qeff.hf_inputs(media, prompt, chat=chat)
     with torch.no_grad():
         out = qeff.hf_model.generate(
             **hf_inputs, max_new_tokens=generation_len, min_new_tokens=generation_len, do_sample=False
         )
     expected = out[0, hf_inputs["input_ids"].shape[1] :].tolist()
     report.stages.append(StageResult("HF generate", 0.0, (1, len(ids)), True, f"{len(expected)} tokens"))
-    qeff.compile(
-        image_inputs=image_inputs, prefill_seq_len=prefill_seq_len, ctx_len=len(ids) + generation_len + prefill_seq_len
-    )
-    reference = qeff.image_features(image_inputs, runtime="pytorch")  # features, or cross-attention keys and values
-    outputs = qeff.image_features(image_inputs)
+    ctx_len = len(ids) + generation_len + prefill_seq_len
+    qeff.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, **{qeff.compile_inputs_name: encoder_inputs})
+    reference = qeff.image_features(encoder_inputs, runtime="pytorch")  # features, or cross keys and values
+    outputs = qeff.image_features(encoder_inputs)
     diff = max(float(np.max(np.abs(outputs[name] - value))) for name, value in reference.items())
     tolerance = 1e-3 * max(1.0, *(float(np.max(np.abs(value))) for value in reference.values()))
     got_features = next(iter(outputs.values()))
-    report.stages.append(StageResult("vision program", diff, got_features.shape, diff <= tolerance))
+    report.stages.append(StageResult(encoder_stage, diff, got_features.shape, diff <= tolerance))
     try:
-        got = qeff.generate_ids([ids], [image_inputs], generation_len)[0]
+        got = qeff.generate_ids([ids], [encoder_inputs], generation_len)[0]
     except Exception as exc:  # noqa: BLE001
         report.stages.append(StageResult("language program", float(len(expected)), (1,), False, error=first_line(exc)))
         return report
+    report.stages.append(_token_stage("language program", [got], [expected], (1, len(expected))))
+    return report
     report.stages.append(_token_stage("language program", [got], [expected], (1, len(expected))))
     return report

@@ -135,3 +135,30 @@ def test_single_program_and_continuous_batching_give_hf_tokens(qwen3_asr, tmp_pa
     clips, prompts = [clip(1.0, s) for s in (4, 5, 6)], ["a", "b c", "d e f"]
     out = batched.generate(audio=clips, prompts=prompts, generation_len=GENERATION_LEN)
     assert out.generated_ids == [hf_answer(model, processor, a, p) for a, p in zip(clips, prompts)]
+
+
+def test_qeff_transcribe_says_an_audio_llm_takes_prompts(qwen3_asr, tmp_path, capsys) -> None:  # noqa: ANN001
+    from QEfficient.cli.main import main
+    from tests.test_audio_input import write_wav
+
+    model, processor, _ = qwen3_asr
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    wav = tmp_path / "clip.wav"
+    write_wav(wav, clip(1.0), RATE)
+    assert main(["transcribe", "--model", str(tmp_path / "model"), str(wav)]) == 2
+    assert "is an audio LLM" in capsys.readouterr().err
+
+
+def test_validate_an_audio_llm(qwen3_asr, tmp_path) -> None:  # noqa: ANN001
+    """`qeff validate` on an audio LLM's folder: HF generate, the audio program and the language program agree."""
+    from QEfficient.cli.main import main
+    from QEfficient.validation import validate_speech_seq2seq
+
+    model, processor, _ = qwen3_asr
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    report = validate_speech_seq2seq(str(tmp_path), generation_len=8)
+    assert [s.stage for s in report.stages] == ["HF generate", "audio program", "language program"]
+    assert all(s.passed for s in report.stages), report
+    assert main(["validate", "--model", str(tmp_path)]) == 0

@@ -97,6 +97,7 @@ class QEFFAutoModelForAudioTextToText(QEFFAutoModelForImageTextToText):
 
     _hf_auto_class: ClassVar[Any] = AutoModelForSpeechSeq2Seq
     modality: ClassVar[Modality] = AUDIO
+    compile_inputs_name: ClassVar[str] = "audio_inputs"
 
     @staticmethod
     def check_supported(model: nn.Module) -> None:

@@ -143,6 +143,7 @@ class QEFFAutoModelForImageTextToText:
     _hf_auto_class: ClassVar[Any] = AutoModelForImageTextToText
     # what the encoder program computes (HF's `get_image_features`) and which placeholder token it replaces
     modality: ClassVar[Modality] = IMAGE
+    compile_inputs_name: ClassVar[str] = "image_inputs"  # compile()'s argument for example encoder inputs
 
     def __init__(
         self,
