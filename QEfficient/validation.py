@@ -598,11 +598,13 @@ def _validate_placeholder_model(
 ) -> ValidationReport:
     """HF `generate` on the processor's inputs for `prompt` with `media`, then the encoder program (features against
     the PyTorch encoder's) and the language program's greedy tokens (exactly HF's)."""
+    from QEfficient.transformers.implementations import absent_image_outputs
+
     report = ValidationReport(qeff.model_name, 0.0)
     chat = getattr(qeff.processor, "chat_template", None) is not None
     ids, encoder_inputs = qeff.prepare(media, prompt, chat=chat)
     hf_inputs = qeff.hf_inputs(media, prompt, chat=chat)
-    with torch.no_grad():
+    with torch.no_grad(), absent_image_outputs():
         out = qeff.hf_model.generate(
             **hf_inputs, max_new_tokens=generation_len, min_new_tokens=generation_len, do_sample=False
         )

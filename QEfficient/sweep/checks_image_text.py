@@ -234,6 +234,7 @@ def _hf_feature_count(model: torch.nn.Module, image_inputs: dict[str, np.ndarray
 
 
 def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str, np.ndarray]) -> list[int]:
+    from QEfficient.transformers.implementations import absent_image_outputs
     from QEfficient.transformers.models.causal_lm_wrapper import bidirectional_prefix
     from QEfficient.transformers.models.image_inputs import placeholder_token_id, visual_modality
 
@@ -246,7 +247,7 @@ def _hf_generate(model: torch.nn.Module, ids: list[int], image_inputs: dict[str,
             inputs[name] = (input_ids == token).int()
     if "token_type_ids" in parameters and bidirectional_prefix(model):  # PaliGemma's processor: 0 marks the prompt
         inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    with torch.no_grad():
+    with torch.no_grad(), absent_image_outputs():  # transformers 5.24's Llama4 forward reads a missing field
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),

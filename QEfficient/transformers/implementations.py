@@ -5,7 +5,8 @@ a mixture-of-experts implementation and an adapter that export well, and put the
 after every call: the HF model stays the untouched reference that validation compares against. One more
 shim makes HF code that assumes eager, 2-D-mask execution traceable, again only for the duration of a call:
 `alibi_from_4d_masks`; and `exportable_deepstack` replaces a boolean-mask update that the exporter cannot
-generalise. (Tracer patches that every export needs are in `QEfficient/base/export_patches.py`.)
+generalise; `absent_image_outputs` lets a transformers 5.24 forward that reads an output field its language model
+does not give (Llama4's) finish. (Tracer patches that every export needs are in `QEfficient/base/export_patches.py`.)
 """
 
 from __future__ import annotations
@@ -107,3 +108,25 @@ def exportable_deepstack(model: nn.Module) -> Iterator[None]:
     finally:
         for module in patched:
             del module._deepstack_process
+
+
+@contextlib.contextmanager
+def absent_image_outputs() -> Iterator[None]:
+    """Outputs that do not declare `image_outputs` read as None for the duration of the block.
+
+    transformers 5.24's `Llama4ForConditionalGeneration.forward` ends by reading `outputs.image_outputs` from its
+    language model's output, which has no such field, so every call of it raises an AttributeError after the
+    computation is done (HF itself cannot run it). The missing field only feeds the returned output's bookkeeping;
+    with it read as None the model runs exactly as written. Used around QEfficient's calls and around the HF reference
+    runs of the sweep and validation.
+    """
+    from transformers.utils import ModelOutput
+
+    if "image_outputs" in vars(ModelOutput):
+        yield
+        return
+    ModelOutput.image_outputs = None
+    try:
+        yield
+    finally:
+        del ModelOutput.image_outputs

@@ -53,6 +53,7 @@ ADAPTERS: dict[str, str | Adapter] = {
     "JetMoeForCausalLM": "QEfficient.transformers.models.jetmoe",
     "LongcatFlashForCausalLM": "QEfficient.transformers.models.longcat_flash",
     "Llama4ForCausalLM": "QEfficient.transformers.models.llama4",
+    "Llama4ForConditionalGeneration": "QEfficient.transformers.models.llama4",
     "GPTNeoForCausalLM": "QEfficient.transformers.models.gpt_neo",
 }
 

@@ -13,7 +13,10 @@ such a model needs separate prefill and decode graphs (docs/recurrent_state.md).
 
 The language model of a vision-language model takes `image_embeds`: per token, the image feature that replaces the
 embedding of an image token (zeros elsewhere). The graph hands HF the features at the image-token positions as
-`mm_encoder_outputs`, so HF merges them into the input embeddings its own way (docs/image_text_to_text.md).
+`mm_encoder_outputs`, so HF merges them into the input embeddings its own way (docs/image_text_to_text.md); a model
+whose forward takes no `mm_encoder_outputs` (the audio LLMs, BLIP-2's language model) gets `inputs_embeds` with the
+features merged in, as its own forward would merge them. Gemma3's image blocks and PaliGemma's prompt prefix are
+attended bidirectionally (`blocks` of `attention_masks`).
 A model with multimodal rotary positions (Qwen2-VL's M-RoPE: R position rows, one per axis) also takes
 `rope_offsets`: per token and axis, its rotary position minus its cache position, which HF's `get_rope_index` gives.
 
@@ -55,6 +58,7 @@ from QEfficient.transformers.cache_utils import (
     attention_masks,
 )
 from QEfficient.transformers.implementations import (
+    absent_image_outputs,
     alibi_from_4d_masks,
     applied,
     exportable_deepstack,
@@ -356,7 +360,8 @@ class CausalLMForExport(nn.Module):
         `image_embeds` (the features that replace those tokens' embeddings)."""
         super().__init__()
         self.model = model
-        self.layout = probe_cache_layout(model)
+        with absent_image_outputs():
+            self.layout = probe_cache_layout(model)
         self.continuous_batching = continuous_batching
         self.image_token_id = image_token_id
         self.rope_rows = multimodal_rope_rows(model) if image_token_id is not None else None
@@ -533,6 +538,7 @@ class CausalLMForExport(nn.Module):
             applied(self.model, self.attention, self.experts, self.adapter),
             alibi_from_4d_masks(self.model),
             exportable_deepstack(self.model),
+            absent_image_outputs(),
         ):
             yield
 

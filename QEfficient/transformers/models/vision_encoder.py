@@ -70,7 +70,7 @@ class VisionEncoderForExport(nn.Module):
         function = features_function(self.model, self.modality)
         if "sample" in (features_parameters(self.model, self.modality) or ()):  # a VAE's noise off: its mean
             kwargs["sample"] = False
-        with eager_vision_attention(self.model):
+        with eager_vision_attention(self.model), with_adapter(self.model):
             out = function(**kwargs, return_dict=True)
         return {"image_features": self._features(out), **extra_image_fields(out)}
 
@@ -106,6 +106,20 @@ def eager_attention(model: nn.Module, text: bool = True) -> Iterator[None]:
     finally:
         for config, value in zip(configs, saved):
             config._attn_implementation = value
+
+
+@contextlib.contextmanager
+def with_adapter(model: nn.Module) -> Iterator[None]:
+    """The model's registered adapter (docs/adding_a_model.md) for the duration of the block, as the language program
+    applies it: its replacements cover the vision tower's modules too (Llama4's real-valued rotary embeddings)."""
+    from QEfficient.transformers.models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    if adapter is None:
+        yield
+        return
+    with adapter.applied(model):
+        yield
 
 
 def eager_vision_attention(model: nn.Module) -> contextlib.AbstractContextManager[None]:

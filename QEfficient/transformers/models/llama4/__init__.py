@@ -1,10 +1,14 @@
-"""Adapter for Llama 4 (text): its rotary embedding is computed in complex numbers, which ONNX cannot represent.
+"""Adapter for Llama 4: its rotary embeddings are computed in complex numbers, which ONNX cannot represent.
 
 HF's `Llama4TextRotaryEmbedding` returns `polar(1, p * inv_freq)` and `apply_rotary_emb` multiplies
 `view_as_complex` pairs of `[B, S, H, D]` queries and keys by it. The adapter keeps the same arithmetic in real
 numbers: the rotary module returns `(cos, sin)` stacked as `[B, S, D/2, 2]`, and the attention rotates each
 interleaved pair `(x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)`. Everything else is HF's attention, unchanged
 (qk-norm, temperature tuning on NoPE layers, the chunked-attention mask it is given).
+
+The vision tower (Llama4ForConditionalGeneration) does the same with a complex buffer `freqs_ci [S, 1, D/2]` that
+depends on the config only: its module returns the buffer's real view `[S, 1, D/2, 2]` as a constant, and the vision
+attention rotates the pairs with it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,47 @@ class RealRotaryAttention(hf.Llama4TextAttention):
         return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
 
 
+class RealVisionRotaryEmbedding(hf.Llama4VisionRotaryEmbedding):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # the buffer depends on the config alone: its real view enters the graph as a constant, with no complex op
+        real = torch.view_as_real(self.freqs_ci.detach()).cpu().numpy().copy()
+        return torch.from_numpy(real).to(hidden_states.device)
+
+
+class RealVisionAttention(hf.Llama4VisionAttention):
+    def forward(self, hidden_states, freqs_ci, attention_mask=None, cache=None, **kwargs):  # noqa: ANN001, ANN201
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape)
+        key_states = self.k_proj(hidden_states).view(hidden_shape)
+        value_states = self.v_proj(hidden_states).view(hidden_shape)
+        cos_sin = freqs_ci.reshape(1, freqs_ci.shape[0], -1, 2)  # HF's reshape_for_broadcast, per (cos, sin) pair
+        query_states, key_states = rotate_pairs(query_states, cos_sin), rotate_pairs(key_states, cos_sin)
+        query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
+        value_states = value_states.transpose(1, 2)
+        attention = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, hf.vision_eager_attention_forward
+        )
+        attn_output, attn_weights = attention(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            None,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=None,
+            is_causal=False,
+            **kwargs,
+        )
+        return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
+
+
 ADAPTER = Adapter(
     "llama4",
-    {hf.Llama4TextRotaryEmbedding: RealRotaryEmbedding, hf.Llama4TextAttention: RealRotaryAttention},
+    {
+        hf.Llama4TextRotaryEmbedding: RealRotaryEmbedding,
+        hf.Llama4TextAttention: RealRotaryAttention,
+        hf.Llama4VisionRotaryEmbedding: RealVisionRotaryEmbedding,
+        hf.Llama4VisionAttention: RealVisionAttention,
+    },
 )
