@@ -207,6 +207,25 @@ def test_in_place_bool_logical_ops_write_back(tmp_path: Path, op: str) -> None:
         np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], module(x).numpy())
 
 
+class BoolMaskCombination(torch.nn.Module):
+    """T5Gemma2's masks: `&` and `|` of boolean masks (traced as aten::bitwise_and / bitwise_or)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1])
+        causal = positions[None, :] <= positions[:, None]
+        window = torch.bitwise_and(positions[:, None] - positions[None, :] < 3, causal)
+        padding = torch.bitwise_or(x[:, None, :] > 0, window[None])
+        return padding.long()
+
+
+def test_bitwise_and_or_on_boolean_masks(tmp_path: Path) -> None:
+    module = BoolMaskCombination()
+    session = export_and_session(module, {"x": torch.zeros(2, 5)}, {"x": {1: "seq"}}, tmp_path / "masks.onnx")
+    for length in (5, 7):
+        x = (torch.arange(2 * length).reshape(2, length) % 3 == 0).float()
+        np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], module(x).numpy())
+
+
 class AntialiasedResize(torch.nn.Module):
     """Cosmos3-Edge's resize of a learned position grid (a parameter) to the image's patch grid."""
 

@@ -449,6 +449,10 @@ def register_symbolics(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::reshape", _zero_size_reshape(reshape), opset)
     for name, symbolic in _INPLACE_LOGICAL.items():
         torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
+    # `mask_a & mask_b` on boolean masks (T5Gemma2's sliding window) traces as aten::bitwise_and, which opset 17 lacks:
+    # on booleans it is a logical And (torch's own symbolic, which refuses non-boolean inputs with a clear error)
+    torch.onnx.register_custom_op_symbolic("aten::bitwise_and", symbolic_opset9.__and_, opset)
+    torch.onnx.register_custom_op_symbolic("aten::bitwise_or", symbolic_opset9.__or_, opset)
     for name in _AA_RESIZES:
         torch.onnx.register_custom_op_symbolic(name, _antialiased_resize(name), opset)
     _registered.add(opset)

@@ -22,6 +22,18 @@ def cmd_infer_image(args: argparse.Namespace, weights: dict[str, Any], prompts: 
     if model.processor is None:
         print(f"No processor was found with {args.model}; save the model's processor in that folder.", file=sys.stderr)
         return 2
+    from QEfficient.transformers.models.image_seq2seq import QEFFImageEncoderDecoder
+
+    if isinstance(model, QEFFImageEncoderDecoder):  # Donut, Pix2Struct, Florence-2: each image with the prompt
+        with progress("Compiling encoder and decoder programs"):
+            program = model.compile(ctx_len=args.ctx_len, batch_size=args.batch_size, **weights)
+        given = bool(args.prompt or getattr(args, "prompts_file", None))  # the default question is for chat models
+        prompt = prompts[0] if given else None
+        out = model.generate(images=list(args.image), prompts=prompt, generation_len=args.generation_len)
+        for image, text, ids in zip(args.image, out.generated_texts, out.generated_ids):
+            print(f"{image}: {text.strip() if text is not None else ' '.join(map(str, ids))}")  # ids without tokenizer
+        print(f"{out.perf_metrics}\nprogram: {program}")
+        return 0
     with progress("Compiling vision and language programs"):
         programs = model.compile(
             img_size=args.img_size,

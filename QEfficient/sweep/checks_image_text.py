@@ -177,6 +177,7 @@ def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> d
         VIDEO,
         features_parameters,
         image_inputs_of,
+        text_inputs,
         visual_modality,
     )
 
@@ -191,10 +192,10 @@ def tiny_image_inputs(model_type: str, config: Any, model: torch.nn.Module) -> d
     else:
         inputs = image_inputs_of(processor(images=[_picture(config)], return_tensors="np"), model)
     # text the image features depend on (InstructBLIP's Q-Former instruction): a few random tokens
-    for name in features_parameters(model, visual_modality(model)) or ():
+    for name in text_inputs(features_parameters(model, visual_modality(model)) or ()):
         if name.endswith("input_ids"):
             inputs[name] = np.random.default_rng(5).integers(8, 40, (1, 6))
-        elif name.endswith("attention_mask"):
+        else:  # its attention mask
             inputs[name] = np.ones((1, 6), dtype=np.int64)
     return inputs
 
@@ -284,6 +285,10 @@ def check_image_text_to_text(model_type: str) -> SweepRow:
     row = SweepRow("image-text-to-text", model_type, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     try:
         config = run_stage("tiny config", HF_CANNOT_BUILD, tiny_image_config, model_type)
+        if getattr(config, "is_encoder_decoder", False):  # image-to-text encoder-decoders: QEFFImageEncoderDecoder
+            from QEfficient.sweep.checks_image_seq2seq import check_image_seq2seq
+
+            return check_image_seq2seq(row)
         torch.manual_seed(0)
         hf = run_stage(
             "HF build", HF_CANNOT_BUILD, AutoModelForImageTextToText.from_config, config, dtype=torch.float32

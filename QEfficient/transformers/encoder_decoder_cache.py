@@ -1,15 +1,25 @@
-"""`Seq2SeqForExport`: a HF encoder-decoder (speech-to-text) model as two fixed-shape graphs (docs/speech_to_text.md).
+"""`Seq2SeqForExport`: a HF encoder-decoder model (speech-to-text, image-to-text) as two fixed-shape graphs
+(docs/speech_to_text.md, docs/image_text_to_text.md).
 
-    encoder: (input_features [B, ...])  ->  (cross_key.0, cross_value.0, ...)            each [B, H, T_enc, D]
-    decoder: (input_ids [B,S], position_ids [B,S], past_key.0, past_value.0, ..., cross_key.0, cross_value.0, ...)
+    encoder: (encoder inputs [B, ...], the floating-point one first)
+             -> (cross_key.0, cross_value.0, ... [, encoder_attention_mask])    each [B, H, T_enc, D]; mask [B, T_enc]
+    decoder: (input_ids [B,S], position_ids [B,S] [, encoder_attention_mask [B, T_enc]], past_key.0, past_value.0, ...,
+              cross_key.0, cross_value.0, ...)
              -> (logits [B,1,V], past_key.0_RetainedState, ..., cross_key.0_RetainedState, ...)
+
+The encoder inputs are whatever the HF model's encoder takes: audio (`input_features` or `input_values`), an image
+(`pixel_values`, Pix2Struct's `flattened_patches` with its `attention_mask`), or an image with text ids
+(Florence-2's `input_ids`, `pixel_values`, `attention_mask`). When the decoder's cross-attention is masked (the
+encoder took an `attention_mask`, or its output carries one, as UDOP's), the encoder graph also returns that mask
+over the encoder's output positions, `encoder_attention_mask`, and the decoder graph takes it at every step.
 
 Both go through transformers' own interfaces, with no model-specific code:
 
 - The encoder graph runs the HF model once (its encoder, then its decoder on one start token) with an
   `EncoderDecoderCache` of two `DynamicCache`s: the decoder's cross-attention layers fill the cross-attention cache
   with their keys and values, which are read back as the outputs. What else the decoder computes is unused and
-  leaves the graph. The cross keys and values are therefore computed once per clip, by the model's own code.
+  leaves the graph. The cross keys and values are therefore computed once per input (clip or image), by the
+  model's own code.
 - The decoder graph hands HF an `EncoderDecoderCache(self-attention: FixedCache, cross-attention: the inputs)` whose
   cross-attention layers are marked updated, so the model reads them as they are (HF's own path for every step after
   the first). The self-attention cache is the causal contract's (docs/causal_lm.md): position-indexed writes into
@@ -25,7 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,14 +49,18 @@ from QEfficient.transformers.cache_utils import FixedCache, LastValidPosition, L
 
 CROSS_KEY = "cross_key"
 CROSS_VALUE = "cross_value"
+ENCODER_MASK = "encoder_attention_mask"  # the cross-attention mask over the encoder's output positions [B, T_enc]
 
 
-class UnsupportedSpeechModelError(ValueError):
+class UnsupportedEncoderDecoderError(ValueError):
     """The model does not fit the generic encoder-decoder mechanism."""
 
 
+UnsupportedSpeechModelError = UnsupportedEncoderDecoderError  # the name the speech classes have always raised
+
+
 class CrossAttentionLayer(CacheLayerMixin):
-    """One decoder layer's cross-attention keys and values `[B, H, T_enc, D]`, computed once per clip by the
+    """One decoder layer's cross-attention keys and values `[B, H, T_enc, D]`, computed once per input by the
     encoder graph. HF reads them as they are (the layer is marked updated); an `update` means the model recomputes
     them at every step, which the graph contract does not allow."""
 
@@ -60,7 +76,7 @@ class CrossAttentionLayer(CacheLayerMixin):
         """The keys and values are graph inputs; nothing to allocate."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):
-        raise UnsupportedSpeechModelError(
+        raise UnsupportedEncoderDecoderError(
             "The model recomputes its cross-attention keys and values at every decoder step instead of reading them "
             "from transformers' EncoderDecoderCache, so they cannot be computed once by the encoder graph."
         )
@@ -119,7 +135,7 @@ def decoder_start_token(model: PreTrainedModel) -> int:
                 value = value[0] if value else None
             if value is not None:
                 return int(value)
-    raise UnsupportedSpeechModelError(
+    raise UnsupportedEncoderDecoderError(
         f"{type(model).__name__} has no decoder_start_token_id or bos_token_id: the decoder cannot be started."
     )
 
@@ -137,7 +153,7 @@ def encoder_input_name(model: PreTrainedModel) -> str:
     for name in (model.main_input_name, getattr(encoder, "main_input_name", None), "input_features", "input_values"):
         if name in AUDIO_INPUTS and name in parameters:
             return name
-    raise UnsupportedSpeechModelError(
+    raise UnsupportedEncoderDecoderError(
         f"{type(model).__name__} takes {model.main_input_name!r}, neither audio features nor samples; it is not a "
         "speech-to-text model."
     )
@@ -145,35 +161,79 @@ def encoder_input_name(model: PreTrainedModel) -> str:
 
 AUDIO_INPUTS = ("input_features", "input_values")
 
+EncoderInputs = Mapping[str, torch.Tensor]
 
-def run_with_cache(model: PreTrainedModel, encoder_input: torch.Tensor, decoder_ids: torch.Tensor) -> Cache:
+
+def as_encoder_inputs(model: PreTrainedModel, encoder_input: torch.Tensor | EncoderInputs) -> dict[str, torch.Tensor]:
+    """The encoder inputs by the HF model's keyword: a dict as it is, the floating-point input first (the graph
+    tells the encoder from the decoder by it); a single tensor is the audio input (`encoder_input_name`)."""
+    if isinstance(encoder_input, torch.Tensor):
+        return {encoder_input_name(model): encoder_input}
+    inputs = dict(encoder_input)
+    floating = [name for name, t in inputs.items() if t.is_floating_point()]
+    if not floating:
+        raise UnsupportedEncoderDecoderError(
+            f"The encoder inputs of {type(model).__name__} ({', '.join(inputs)}) hold no floating-point input (audio "
+            "or pixels); an encoder on token ids alone is a text encoder-decoder, not handled here."
+        )
+    parameters = inspect.signature(model.forward).parameters
+    unknown = [name for name in inputs if name not in parameters]
+    if unknown:
+        raise UnsupportedEncoderDecoderError(
+            f"{type(model).__name__}.forward takes no {', '.join(map(repr, unknown))}; its encoder inputs are among "
+            f"{', '.join(p for p in parameters if p not in ('kwargs', 'labels'))}."
+        )
+    return {floating[0]: inputs.pop(floating[0]), **inputs}
+
+
+def run_with_cache(
+    model: PreTrainedModel, encoder_input: torch.Tensor | EncoderInputs, decoder_ids: torch.Tensor
+) -> Cache:
     """Run the HF model (encoder, then decoder on `decoder_ids`) with an `EncoderDecoderCache` of `DynamicCache`s;
     return the cache it filled."""
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    inputs = {encoder_input_name(model): encoder_input}
+    inputs = as_encoder_inputs(model, encoder_input)
     out = model(**inputs, decoder_input_ids=decoder_ids, cache=cache, use_cache=True)
     filled = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
     if not isinstance(filled, EncoderDecoderCache):
-        raise UnsupportedSpeechModelError(
+        raise UnsupportedEncoderDecoderError(
             f"{type(model).__name__} does not keep its decoder's keys and values in transformers' "
             f"EncoderDecoderCache (it returned {type(filled).__name__})."
         )
     return filled
 
 
-def probe_layout(model: PreTrainedModel, encoder_input: torch.Tensor) -> tuple[Seq2SeqLayout, int, type]:
+@dataclass(frozen=True)
+class EncoderOutputInfo:
+    """What the decoder graph needs to know of the encoder's output: its class (handed to the model as
+    `encoder_outputs`), the shape (without the batch; -1 for the encoder output length) of each tensor it holds
+    (`last_hidden_state`, and e.g. PP-FormulaNet's `pooler_output`, which its decoder reads instead), and whether it
+    carries its own `attention_mask` (UDOP's: text and image positions)."""
+
+    output_type: type
+    fields: tuple[tuple[str, tuple[int, ...]], ...]
+    has_mask: bool
+
+
+def probe_layout(
+    model: PreTrainedModel, encoder_input: torch.Tensor | EncoderInputs
+) -> tuple[Seq2SeqLayout, int, EncoderOutputInfo]:
     """Which decoder layers keep self-attention and cross-attention keys and values, and their sizes, by running HF
-    with a `DynamicCache` on two start tokens; T_enc, the cross keys' length for this encoder input; and the class of
-    the encoder's output (what the decoder graph hands the model as `encoder_outputs`)."""
+    with a `DynamicCache` on two start tokens; T_enc, the cross keys' length for this encoder input; and what the
+    encoder's output is (what the decoder graph hands the model as `encoder_outputs`)."""
     name = type(model).__name__
-    seen: list[type] = []
-    hook = model.get_encoder().register_forward_hook(lambda module, args, output: seen.append(type(output)))
+    seen: list[Any] = []
+    hook = model.get_encoder().register_forward_hook(lambda module, args, output: seen.append(output))
+    inputs = {k: v[:1] for k, v in as_encoder_inputs(model, encoder_input).items()}
     try:
         with torch.no_grad():
-            cache = run_with_cache(model, encoder_input[:1], decoder_start_ids(model, 1, 2))
+            cache = run_with_cache(model, inputs, decoder_start_ids(model, 1, 2))
     finally:
         hook.remove()
-    output_type = seen[0] if seen and "last_hidden_state" in _fields(seen[0]) else BaseModelOutput
+    output = seen[0] if seen else None
+    fields = _fields(type(output))
+    output_type = type(output) if "last_hidden_state" in fields else BaseModelOutput
+    mask = getattr(output, "attention_mask", None) if "attention_mask" in fields else None
 
     def sizes(layers: list, what: str) -> tuple[tuple[int, int] | None, ...]:
         out = []
@@ -184,12 +244,12 @@ def probe_layout(model: PreTrainedModel, encoder_input: torch.Tensor) -> tuple[S
                 continue
             values = layer.values
             if values.shape[:3] != keys.shape[:3]:
-                raise UnsupportedSpeechModelError(
+                raise UnsupportedEncoderDecoderError(
                     f"Layer {i} of {name} caches {what} keys {tuple(keys.shape)} and values {tuple(values.shape)} "
                     "of different shapes; the graph contract keeps [B, H, T, D] pairs."
                 )
             if what == "self-attention" and keys.shape[2] != 2:
-                raise UnsupportedSpeechModelError(
+                raise UnsupportedEncoderDecoderError(
                     f"Layer {i} of {name} keeps {keys.shape[2]} self-attention positions after 2 tokens; the fixed "
                     "cache writes one slot per token."
                 )
@@ -199,34 +259,68 @@ def probe_layout(model: PreTrainedModel, encoder_input: torch.Tensor) -> tuple[S
     self_kv = sizes(cache.self_attention_cache.layers, "self-attention")
     cross_kv = sizes(cache.cross_attention_cache.layers, "cross-attention")
     if not any(self_kv):
-        raise UnsupportedSpeechModelError(f"{name}'s decoder keeps no self-attention cache in transformers' Cache.")
+        raise UnsupportedEncoderDecoderError(f"{name}'s decoder keeps no self-attention cache in transformers' Cache.")
     if not any(cross_kv):
-        raise UnsupportedSpeechModelError(
+        raise UnsupportedEncoderDecoderError(
             f"{name}'s decoder keeps no cross-attention keys and values in transformers' EncoderDecoderCache."
         )
     encoder_len = next(layer.keys.shape[2] for layer, s in zip(cache.cross_attention_cache.layers, cross_kv) if s)
-    return Seq2SeqLayout(self_kv, cross_kv), encoder_len, output_type
+    tensors: dict[str, torch.Tensor] = {}
+    if output_type is not BaseModelOutput:
+        tensors = {
+            f: getattr(output, f)
+            for f in _fields(output_type)
+            if f != "attention_mask" and isinstance(getattr(output, f, None), torch.Tensor)
+        }
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        tensors = {"last_hidden_state": output[0]}
+    if not tensors:
+        tensors = {"last_hidden_state": torch.zeros((1, encoder_len, _hidden_size(model.config)))}
+    shapes = tuple(
+        (f, tuple(-1 if d == encoder_len and axis == 0 else d for axis, d in enumerate(t.shape[1:])))
+        for f, t in tensors.items()
+    )
+    info = EncoderOutputInfo(output_type, shapes, isinstance(mask, torch.Tensor))
+    return Seq2SeqLayout(self_kv, cross_kv), encoder_len, info
 
 
 class Seq2SeqForExport(nn.Module):
     """A HF encoder-decoder model behind the two-graph contract of this module's docstring.
 
-    `forward` serves both graphs: a floating-point first input is the encoder's (features or samples), an integer one
-    the decoder's token ids.
+    `encoder_input`: example encoder inputs, one tensor (the audio input) or a dict by the HF model's keywords (the
+    floating-point input first: `forward` serves both graphs, and a floating-point first input is the encoder's,
+    an integer one the decoder's token ids).
     """
 
-    def __init__(self, model: PreTrainedModel, encoder_input: torch.Tensor) -> None:
+    def __init__(self, model: PreTrainedModel, encoder_input: torch.Tensor | EncoderInputs) -> None:
         super().__init__()
         self.model = model
-        self.layout, encoder_len, self.encoder_output_type = probe_layout(model, encoder_input)
-        self._encoder_lengths = {tuple(encoder_input.shape[1:]): encoder_len}  # T_enc per encoder input shape
+        inputs = as_encoder_inputs(model, encoder_input)
+        self.encoder_input_names = list(inputs)
+        self.encoder_input_dtypes = {name: t.dtype for name, t in inputs.items()}
+        self.layout, encoder_len, self.encoder_info = probe_layout(model, inputs)
+        self.encoder_output_type = self.encoder_info.output_type
+        # T_enc per encoder input shapes (without the batch)
+        self._encoder_lengths = {self._shape_key(inputs): encoder_len}
         parameters = inspect.signature(model.forward).parameters
         self.takes_position_ids = "decoder_position_ids" in parameters
         self.takes_attention_mask = "decoder_attention_mask" in parameters
+        # how the decoder's cross-attention is masked: by the encoder output's own mask (UDOP), by the encoder's
+        # `attention_mask` input (Pix2Struct, Florence-2), or not at all (Whisper, ViT encoders)
+        if self.encoder_info.has_mask:
+            self.encoder_mask: str | None = "output"
+        elif "attention_mask" in inputs and "attention_mask" in parameters:
+            self.encoder_mask = "input"
+        else:
+            self.encoder_mask = None
         head = model.get_output_embeddings()
         if head is None:
-            raise UnsupportedSpeechModelError(f"{type(model).__name__} has no output embedding (lm head).")
+            raise UnsupportedEncoderDecoderError(f"{type(model).__name__} has no output embedding (lm head).")
         self.last_position = LastValidPosition(head)
+
+    @staticmethod
+    def _shape_key(inputs: EncoderInputs) -> tuple:
+        return tuple((name, tuple(t.shape[1:])) for name, t in inputs.items())
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped HF config
@@ -235,28 +329,44 @@ class Seq2SeqForExport(nn.Module):
     @property
     def export_identity(self) -> dict:
         """What, beyond config and weights, determines the exported graphs (part of the export hash)."""
-        return {"layout": repr(self.layout), "position_ids": self.takes_position_ids}
+        return {
+            "layout": repr(self.layout),
+            "position_ids": self.takes_position_ids,
+            "encoder_inputs": self.encoder_input_names,
+            "encoder_mask": self.encoder_mask,
+        }
 
     @property
     def encoder_input_name(self) -> str:
-        """The HF model's audio input: `input_features` (log-mel frames) or `input_values` (samples)."""
-        return encoder_input_name(self.model)
+        """The HF model's main encoder input (the floating-point one): `input_features` (log-mel frames),
+        `input_values` (samples), `pixel_values`, `flattened_patches`, ..."""
+        return self.encoder_input_names[0]
 
-    def encoder_output_length(self, input_shape: tuple[int, ...]) -> int:
+    def encoder_output_length(self, input_shape: tuple[int, ...] | Mapping[str, Any]) -> int:
         """T_enc, the cross keys' length for one encoder input of `input_shape` (without the batch), from one run of
-        the HF model (remembered per shape)."""
-        shape = tuple(input_shape)
-        if shape not in self._encoder_lengths:
+        the HF model (remembered per shape). Several inputs: a dict by name of shapes, or of one row's example
+        arrays (run as they are: token ids must hold what the model expects, e.g. its image tokens)."""
+        given = input_shape if isinstance(input_shape, Mapping) else {self.encoder_input_name: tuple(input_shape)}
+        rows = {}
+        for name in self.encoder_input_names:
+            value = given[name]
+            if isinstance(value, (tuple, list, torch.Size)):
+                rows[name] = torch.zeros((1, *value), dtype=self.encoder_input_dtypes[name])
+            else:
+                rows[name] = torch.as_tensor(value, dtype=self.encoder_input_dtypes[name])[None]
+        key = self._shape_key(rows)
+        if key not in self._encoder_lengths:
             with torch.no_grad():
-                cross = self.encode(torch.zeros((1, *shape)))
-            self._encoder_lengths[shape] = cross[0].shape[2]
-        return self._encoder_lengths[shape]
+                cross = self.encode(*rows.values())
+            self._encoder_lengths[key] = cross[0].shape[2]
+        return self._encoder_lengths[key]
 
     def encoder_output_names(self) -> list[str]:
-        return self.layout.cross_names()
+        return [*self.layout.cross_names(), *([ENCODER_MASK] if self.encoder_mask else [])]
 
     def decoder_input_names(self) -> list[str]:
-        return ["input_ids", "position_ids", *self.layout.past_names(), *self.layout.cross_names()]
+        mask = [ENCODER_MASK] if self.encoder_mask else []
+        return ["input_ids", "position_ids", *mask, *self.layout.past_names(), *self.layout.cross_names()]
 
     def decoder_output_names(self) -> list[str]:
         state = [*self.layout.past_names(), *self.layout.cross_names()]
@@ -264,18 +374,37 @@ class Seq2SeqForExport(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if inputs[0].is_floating_point():
-            return self.encode(inputs[0])
+            return self.encode(*inputs)
         return self.decode(*inputs)
 
-    def encode(self, encoder_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The cross-attention keys and values of every decoder layer that has them, in `cross_names` order."""
-        cache = run_with_cache(self.model, encoder_input, decoder_start_ids(self.model, encoder_input.shape[0], 1))
+    def encode(self, *encoder_inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The cross-attention keys and values of every decoder layer that has them, in `cross_names` order, then
+        the encoder attention mask `[B, T_enc]` (int64) where the cross-attention is masked."""
+        inputs = dict(zip(self.encoder_input_names, encoder_inputs))
+        seen: list[Any] = []
+        hook = None
+        if self.encoder_mask == "output":
+            hook = self.model.get_encoder().register_forward_hook(lambda module, args, output: seen.append(output))
+        try:
+            start = decoder_start_ids(self.model, encoder_inputs[0].shape[0], 1)
+            cache = run_with_cache(self.model, inputs, start)
+        finally:
+            if hook is not None:
+                hook.remove()
         layers = cache.cross_attention_cache.layers
-        return tuple(t for i, s in enumerate(self.layout.cross_kv) if s for t in (layers[i].keys, layers[i].values))
+        cross = tuple(t for i, s in enumerate(self.layout.cross_kv) if s for t in (layers[i].keys, layers[i].values))
+        if self.encoder_mask == "output":
+            return (*cross, seen[0].attention_mask.ne(0).to(torch.int64))
+        if self.encoder_mask == "input":
+            return (*cross, inputs["attention_mask"].ne(0).to(torch.int64))
+        return cross
 
     def decode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *buffers: torch.Tensor) -> tuple:
         """Logits at each row's last valid position, then the retained state: the self-attention cache after this
         step, and the cross keys and values as they came in."""
+        encoder_mask = None
+        if self.encoder_mask:
+            encoder_mask, buffers = buffers[0], buffers[1:]
         layout = self.layout
         past, cross = iter(buffers[: len(layout.past_names())]), buffers[len(layout.past_names()) :]
         per_layer = [LayerBuffers((next(past), next(past))) if s else "unused" for s in layout.self_kv]
@@ -288,23 +417,28 @@ class Seq2SeqForExport(nn.Module):
         cache = EncoderDecoderCache(self_cache, Cache(layers=cross_layers))
         cache.is_updated = {i: True for i in range(len(cross_layers))}  # read, never recomputed
         ctx_len = buffers[0].shape[2]
-        # what the decoder would otherwise take from the encoder: only its shape is read (the cross-attention keys
-        # and values come from the cache)
-        hidden = cross[0].new_zeros((input_ids.shape[0], cross[0].shape[2], _hidden_size(self.model.config)))
-        kwargs = {}
+        # what the decoder would otherwise take from the encoder, of the encoder output's shapes: only their shapes
+        # are read (the cross-attention keys and values come from the cache)
+        batch, encoder_len = input_ids.shape[0], cross[0].shape[2]
+        placeholders = {
+            name: cross[0].new_zeros((batch, *(encoder_len if d == -1 else d for d in shape)))
+            for name, shape in self.encoder_info.fields
+        }
+        kwargs: dict[str, Any] = {}
         if self.takes_position_ids:
             kwargs["decoder_position_ids"] = position_ids.clamp(min=0)
         if self.takes_attention_mask:
             kwargs["decoder_attention_mask"] = attention_masks(position_ids, ctx_len, buffers[0].dtype)[
                 "full_attention"
             ]
+        if self.encoder_mask == "output":
+            placeholders["attention_mask"] = encoder_mask
+        elif self.encoder_mask == "input":
+            kwargs["attention_mask"] = encoder_mask
+        encoder_outputs = self.encoder_output_type(**placeholders)
         with self.last_position.at(position_ids):
             out = self.model(
-                encoder_outputs=self.encoder_output_type(last_hidden_state=hidden),
-                decoder_input_ids=input_ids,
-                cache=cache,
-                use_cache=True,
-                **kwargs,
+                encoder_outputs=encoder_outputs, decoder_input_ids=input_ids, cache=cache, use_cache=True, **kwargs
             )
         return (out.logits.float(), *self_cache.retained_state(), *cross)
 

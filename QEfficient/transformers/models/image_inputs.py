@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,13 @@ def image_token_id(config: Any) -> int:
     return placeholder_token_id(config, IMAGE)
 
 
-def is_text_input(name: str) -> bool:
-    """Whether an integer encoder input carries text (InstructBLIP's `qformer_input_ids` and its attention mask):
-    each prompt's data, a graph input, unlike the integers that describe an image's geometry."""
-    return name.endswith("input_ids") or name.endswith("attention_mask")
+def text_inputs(names: Iterable[str]) -> set[str]:
+    """The integer encoder inputs among `names` that carry text (InstructBLIP's `qformer_input_ids` and the
+    `qformer_attention_mask` beside it): each prompt's data, graph inputs, unlike the integers that describe an
+    image's geometry (a pixel mask included)."""
+    names = set(names)
+    ids = {n for n in names if n.endswith("input_ids")}
+    return ids | {n.replace("input_ids", "attention_mask") for n in ids} & names
 
 
 def image_inputs_of(encoded: dict[str, Any], model: nn.Module | None = None) -> dict[str, np.ndarray]:

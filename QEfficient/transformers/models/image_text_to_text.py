@@ -54,11 +54,11 @@ from QEfficient.transformers.models.image_inputs import (
     features_parameters,
     image_inputs_of,
     images_in,
-    is_text_input,
     load_processor,
     per_image_groups,
     placeholder_token_id,
     size_pair,
+    text_inputs,
     visual_modality,
 )
 from QEfficient.transformers.models.image_text_single_program import QEFFImageTextSingleProgram
@@ -204,7 +204,17 @@ class QEFFAutoModelForImageTextToText:
         **kwargs: Any,
     ) -> Any:  # an instance of cls
         """Load a HF vision-language model (local folder, or hub id offline from the HF cache) and its processor
-        (from the same folder, when one is saved there; else pass `processor=` to `generate`)."""
+        (from the same folder, when one is saved there; else pass `processor=` to `generate`).
+
+        An encoder-decoder of the mapping (Donut/TrOCR-style `VisionEncoderDecoderModel`, Pix2Struct, Florence-2,
+        PP-FormulaNet) comes back as a `QEFFImageEncoderDecoder` (docs/image_text_to_text.md)."""
+        if cls.modality == IMAGE:
+            from QEfficient.transformers.models.image_seq2seq import load_image_encoder_decoder
+
+            options = {"processor": processor, "kv_offload": kv_offload, "continuous_batching": continuous_batching}
+            encoder_decoder = load_image_encoder_decoder(pretrained_model_name_or_path, {**options, **kwargs})
+            if encoder_decoder is not None:
+                return encoder_decoder
         hf_model = load_pretrained(cls._hf_auto_class, pretrained_model_name_or_path, *args, **kwargs)
         if processor is None:
             processor = load_processor(getattr(hf_model, "name_or_path", "") or str(pretrained_model_name_or_path))
@@ -243,9 +253,8 @@ class QEFFAutoModelForImageTextToText:
             images = [images]
         inputs = image_inputs_of(image_processor(images=images, return_tensors="np"), self.hf_model)
         # text the features depend on (InstructBLIP's Q-Former instruction): compiled for up to FEATURE_TEXT_LEN tokens
-        for name in features_parameters(self.hf_model, self.modality) or ():
-            if is_text_input(name):
-                inputs[name] = np.ones((1, FEATURE_TEXT_LEN), dtype=np.int64)
+        for name in text_inputs(features_parameters(self.hf_model, self.modality) or ()):
+            inputs[name] = np.ones((1, FEATURE_TEXT_LEN), dtype=np.int64)
         return inputs
 
     def compile(
@@ -658,7 +667,8 @@ class QEFFAutoModelForImageTextToText:
                 f"prefill_seq_len >= {len(ids)}, or use kv_offload=True."
             )
         names = self.vision.model.input_names
-        dtypes = {n: np.int64 if is_text_input(n) else np.float32 for n in names}
+        text = text_inputs(names)
+        dtypes = {n: np.int64 if n in text else np.float32 for n in names}
         if not image_inputs:
             return {n: np.zeros(self.vision.example_shapes[n], dtype=dtypes[n]) for n in names}
         image_inputs = self.vision.fit_text_inputs(image_inputs)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForSpeechSeq2Seq, LogitsProcessorList
 
@@ -38,6 +39,7 @@ from QEfficient.base.modeling_qeff import GraphExport
 from QEfficient.base.pytorch_transforms import PytorchTransform
 from QEfficient.transformers.audio import DEFAULT_SAMPLING_RATE, AudioInputError, load_audio, windows
 from QEfficient.transformers.encoder_decoder_cache import (
+    ENCODER_MASK,
     Seq2SeqForExport,
     UnsupportedSpeechModelError,
     decoder_start_token,
@@ -130,9 +132,10 @@ def _config_feature_size(config: Any) -> int | None:
 
 
 class Seq2SeqTransform(PytorchTransform):
-    """Put a HF encoder-decoder speech model behind the two-graph contract (`Seq2SeqForExport`)."""
+    """Put a HF encoder-decoder model behind the two-graph contract (`Seq2SeqForExport`): `example_input` is the
+    audio input (one tensor) or the encoder inputs by keyword (images: `pixel_values`, ...)."""
 
-    def __init__(self, example_input: torch.Tensor) -> None:
+    def __init__(self, example_input: torch.Tensor | dict[str, torch.Tensor]) -> None:
         self.example_input = example_input
 
     def apply(self, model: nn.Module) -> tuple[nn.Module, bool]:  # type: ignore[override]
@@ -192,12 +195,347 @@ class TranscriptionOutput:
 @dataclass
 class _Window:
     clip: int
-    features: np.ndarray
+    features: np.ndarray | dict[str, np.ndarray]  # one row of the encoder input(s), without the batch
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
 
-class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
+def _audio_llm_class(source: str | os.PathLike, kwargs: dict[str, Any]) -> type | None:
+    """The HF class of a decoder-only audio LLM at `source` (its config's speech-seq2seq class), else None."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    from QEfficient.transformers.models.audio_text_to_text import is_audio_llm
+
+    if kwargs.get("gguf_file"):
+        return None
+    options = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+    try:
+        config = AutoConfig.from_pretrained(source, **options)
+    except (OSError, ValueError):
+        return None  # from_pretrained below says what is wrong with the source
+    name = MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.get(config.model_type)
+    model_class = getattr(transformers, name, None) if name else None
+    if model_class is None or getattr(config, "is_encoder_decoder", False) or not is_audio_llm(model_class):
+        return None
+    return model_class
+
+
+class QEFFEncoderDecoderBase(QEFFTransformersBase):
+    """The encoder-decoder mechanism shared by `QEFFAutoModelForSpeechSeq2Seq` and `QEFFImageEncoderDecoder`
+    (`QEfficient/transformers/models/image_seq2seq.py`): two graphs of one `Seq2SeqForExport`, an encoder that
+    computes every decoder layer's cross-attention keys and values once per input, and a decoder that runs the
+    decoder prompt (in chunks of the compiled prompt length) and then one token per step, with its self-attention
+    cache and the cross keys and values as retained state. Greedy decoding applies HF's logits processors.
+
+    A subclass says what its encoder takes (`_encoder_examples`: one row of every encoder input, by the HF model's
+    keyword) and builds each round's decoder prompts; `_encode_round` and `_decode_round` do the rest.
+    """
+
+    _metadata_key: ClassVar[str] = "seq2seq"
+
+    def _init_seq2seq(self) -> None:
+        """Per-instance state of the mechanism (call after `QEFFTransformersBase.__init__`)."""
+        self.compile_config: dict[str, Any] = {}
+        self._exported_for: tuple[int, Any] | None = None  # (ctx_len, the encoder inputs' rows)
+        self._decoder_state: Any = None
+        self._encoder_mask: np.ndarray | None = None  # this round's cross-attention mask, where the model has one
+
+    @property
+    def hf_model(self) -> nn.Module:
+        return self.model.model
+
+    @property
+    def layout(self):  # noqa: ANN201 - Seq2SeqLayout
+        return self.model.layout
+
+    def _encoder_examples(self) -> dict[str, np.ndarray]:
+        """One row (no batch axis) of every encoder input, by the HF model's keyword, the floating-point one first:
+        the shapes and dtypes the encoder graph is exported for."""
+        raise NotImplementedError
+
+    def _encoder_key(self) -> tuple:
+        return tuple((name, tuple(a.shape), str(a.dtype)) for name, a in self._encoder_examples().items())
+
+    # ---- export / compile ----------------------------------------------------------------------------
+
+    def _max_target_positions(self) -> int | None:
+        config = self.hf_model.config
+        for name in ("max_target_positions", "max_position_embeddings"):
+            for source in (config, getattr(config, "decoder", None), getattr(config, "text_config", None)):
+                value = getattr(source, name, None)
+                if isinstance(value, int) and value > 0:
+                    return value
+        return None
+
+    def _default_ctx_len(self) -> int:
+        """The model's decoder positions, at most `DEFAULT_DECODER_CTX_LEN` (448: Whisper's)."""
+        return min(DEFAULT_DECODER_CTX_LEN, self._max_target_positions() or DEFAULT_DECODER_CTX_LEN)
+
+    def ctx_len_for(self, generation_len: int) -> int:
+        """The smallest decoder context that holds the longest decoder prompt and `generation_len` new tokens (at most
+        the model's own)."""
+        return min(self._default_ctx_len(), self._longest_prompt() + generation_len)
+
+    def _longest_prompt(self) -> int:
+        """The decoder prompt length the prompt graph is compiled for (longer prompts run in chunks of it)."""
+        return 1
+
+    def _export_seq2seq(self, export_dir: str | Path | None, ctx_len: int | None) -> Path:
+        """Export the encoder and decoder graphs for one decoder `ctx_len` and the encoder inputs of
+        `_encoder_examples` (cached); dynamic batch. Returns the encoder graph's path; `onnx_paths` has both."""
+        ctx_len = ctx_len or (self._exported_for[0] if self._exported_for else self._default_ctx_len())
+        examples = self._encoder_examples()
+        encoder_len = self.model.encoder_output_length(examples)
+        seq = min(TRACE_SEQ, ctx_len)
+        positions = torch.arange(seq).repeat(TRACE_BATCH, 1)
+        positions[1, max(1, seq // 2) :] = -1  # a padded row, so the padding path is traced
+        decoder_inputs: dict[str, torch.Tensor] = {
+            "input_ids": torch.zeros((TRACE_BATCH, seq), dtype=torch.int64),
+            "position_ids": positions,
+        }
+        if self.model.encoder_mask:
+            decoder_inputs[ENCODER_MASK] = torch.ones((TRACE_BATCH, encoder_len), dtype=torch.int64)
+        for name, shape in self.layout.past_shapes(TRACE_BATCH, ctx_len).items():
+            decoder_inputs[name] = torch.zeros(shape)
+        for name, shape in self.layout.cross_shapes(TRACE_BATCH, encoder_len).items():
+            decoder_inputs[name] = torch.zeros(shape)
+        batch = {0: "batch_size"}
+        tokens = {0: "batch_size", 1: "seq_len"}
+        state_names = [*self.layout.past_names(), *self.layout.cross_names()]
+        decoder_axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": batch}
+        if self.model.encoder_mask:
+            decoder_axes[ENCODER_MASK] = batch
+        for name in state_names:
+            decoder_axes[name] = decoder_axes[f"{name}_RetainedState"] = batch
+        encoder_outputs = self.model.encoder_output_names()
+        encoder_axes = {**{name: batch for name in examples}, **{name: batch for name in encoder_outputs}}
+        # the example batch: the example row repeated (token ids and masks must stay meaningful, e.g. image tokens)
+        encoder_inputs = {
+            name: torch.from_numpy(np.ascontiguousarray(np.repeat(a[None], TRACE_BATCH, axis=0)))
+            for name, a in examples.items()
+        }
+        graphs = {
+            ENCODER: GraphExport(encoder_inputs, encoder_outputs, encoder_axes),
+            DECODER: GraphExport(decoder_inputs, self.model.decoder_output_names(), decoder_axes),
+        }
+        path = self._export_graphs(graphs, export_dir)
+        self._exported_for = (ctx_len, self._encoder_key())
+        return path
+
+    def _compile_seq2seq(
+        self,
+        ctx_len: int | None,
+        batch_size: int,
+        prompt_len: int,
+        backend: str,
+        compile_dir: str | Path | None,
+        backend_options: dict[str, Any],
+        extra_config: dict[str, Any] | None = None,
+    ) -> Path:
+        """Compile the encoder (batch_size x the encoder inputs) and the decoder (batch_size x `prompt_len`, and
+        batch_size x 1) for one decoder `ctx_len`; exports first if needed. Returns the program directory."""
+        limit = self._max_target_positions()
+        ctx_len = ctx_len or self._default_ctx_len()
+        for name, value in (("ctx_len", ctx_len), ("batch_size", batch_size), ("prompt_len", prompt_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if limit is not None and ctx_len > limit:
+            raise ValueError(f"ctx_len {ctx_len} exceeds the model's decoder positions ({limit}).")
+        if ctx_len <= prompt_len:
+            raise ValueError(
+                f"ctx_len {ctx_len} leaves no room to generate after the {prompt_len}-token decoder prompt."
+            )
+        if self._exported_for != (ctx_len, self._encoder_key()) or self.onnx_path is None:
+            self._export_seq2seq(None, ctx_len)
+        decoder_specs = [{"batch_size": batch_size, "seq_len": prompt_len}, {"batch_size": batch_size, "seq_len": 1}]
+        decoder_specs = [dict(s) for s in {tuple(s.items()): s for s in decoder_specs}.values()]
+        specializations = {ENCODER: [{"batch_size": batch_size}], DECODER: decoder_specs}
+        self.compile_config = {
+            "ctx_len": ctx_len,
+            "batch_size": batch_size,
+            "prompt_len": prompt_len,
+            **(extra_config or {}),
+        }
+        metadata = {self._metadata_key: dict(self.compile_config)}
+        program = self._compile(
+            specializations, backend=backend, compile_dir=compile_dir, metadata=metadata, **backend_options
+        )
+        self.program.load_all()
+        self._decoder_state = None
+        return program
+
+    @property
+    def batch_size(self) -> int:
+        self.program  # noqa: B018 - a clear error when not compiled
+        return int(self.compile_config["batch_size"])
+
+    @property
+    def ctx_len(self) -> int:
+        self.program  # noqa: B018
+        return int(self.compile_config["ctx_len"])
+
+    # ---- HF generate's rules -------------------------------------------------------------------------
+
+    def _generic_logits_processors(
+        self, prompt_len: int, config: Any = None, extra: list | None = None
+    ) -> LogitsProcessorList:
+        """HF's logits processors for greedy decoding after a `prompt_len`-token decoder prompt, from the generation
+        config (a copy: `config`, else the model's)."""
+        config = config if config is not None else copy.deepcopy(self.hf_model.generation_config)
+        config.do_sample, config.num_beams = False, 1
+        return self.hf_model._get_logits_processor(
+            generation_config=config,
+            input_ids_seq_length=prompt_len,
+            encoder_input_ids=None,
+            prefix_allowed_tokens_fn=None,
+            logits_processor=LogitsProcessorList(extra or []),
+            device="cpu",
+            model_kwargs={},
+        )
+
+    def eos_token_ids(self) -> set[int]:
+        """End-of-text ids: the generation config's, else the model config's."""
+        for source in (self.hf_model.generation_config, self.hf_model.config):
+            value = getattr(source, "eos_token_id", None)
+            if value is not None:
+                return set(value) if isinstance(value, (list, tuple)) else {int(value)}
+        return set()
+
+    def _hf_default_new_tokens(self, prompt_len: int) -> int:
+        """New tokens HF `generate` allows by default after a `prompt_len`-token decoder prompt: the generation
+        config's `max_new_tokens`, else its `max_length` (Whisper: `max_length` new tokens within its decoder
+        positions; other models: `max_length` tokens in all, prompt included)."""
+        config = self.hf_model.generation_config
+        if config.max_new_tokens is not None:
+            return int(config.max_new_tokens)
+        if _is_whisper_style(self.hf_model):
+            return min(int(config.max_length), (self._max_target_positions() or config.max_length) - prompt_len)
+        return max(1, int(config.max_length) - prompt_len)
+
+    def _vocab_size(self) -> int:
+        config = self.hf_model.config
+        return int(getattr(config, "vocab_size", None) or config.get_text_config(decoder=True).vocab_size)
+
+    # ---- running ---------------------------------------------------------------------------------------
+
+    def _state(self) -> Any:
+        """The decoder's retained state (self-attention cache and cross keys/values), made once per compile: slots
+        beyond a round's positions are never read, so a new round simply overwrites it."""
+        if self._decoder_state is None:
+            self._decoder_state = self._decoder().new_state({"batch_size": self.batch_size, "seq_len": 1})
+        return self._decoder_state
+
+    def _encoder(self) -> Program:
+        return _graph(self.program, ENCODER)
+
+    def _decoder(self) -> Program:
+        return _graph(self.program, DECODER)
+
+    @contextlib.contextmanager
+    def running(self, program: Program) -> Iterator[None]:
+        """Run `generate` on another program with the same graphs for the duration of the block (validation: the
+        transformed PyTorch module, the exported graphs before compile)."""
+        saved, self._program, self._decoder_state = self._program, program, None
+        try:
+            yield
+        finally:
+            self._program, self._decoder_state = saved, None
+
+    def _encoder_batch(self, work: list[_Window]) -> dict[str, np.ndarray]:
+        """The encoder inputs of one round `[batch_size, ...]`: each window's row, then copies of the last one in
+        the rows no window uses (their tokens are dropped)."""
+        width = self.batch_size
+        name = self.model.encoder_input_name
+        rows = [w.features if isinstance(w.features, dict) else {name: w.features} for w in work]
+        rows += [rows[-1]] * (width - len(rows))
+        return {name: np.stack([np.asarray(row[name]) for row in rows]) for name in rows[0]}
+
+    def _encode_round(self, work: list[_Window], clock: _Clock) -> None:
+        """Run the encoder on the round's windows and put its cross keys and values in the decoder's state (and keep
+        the cross-attention mask, where the model has one, for the decoder's steps)."""
+        batch = self._encoder_batch(work)
+        t0 = time.perf_counter()
+        out = self._encoder().run(batch)
+        views = state_arrays(self._state())
+        for name in self.layout.cross_names():
+            views[name][...] = out[name]
+        self._encoder_mask = np.asarray(out[ENCODER_MASK], dtype=np.int64) if ENCODER_MASK in out else None
+        clock.encoder += time.perf_counter() - t0
+
+    def _decoder_run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One decoder step `[B, S]` on the state: the logits `[B, V]` of each row's last valid position."""
+        step = {"input_ids": ids, "position_ids": positions}
+        if self._encoder_mask is not None:
+            step[ENCODER_MASK] = self._encoder_mask
+        return self._decoder().run_with_state(step, self._state())["logits"][:, -1]
+
+    def _decode_round(
+        self,
+        work: list[_Window],
+        first: int,
+        prompts: list[list[int]],
+        picker: GreedyPicker,
+        generation_len: int | None,
+        clock: _Clock,
+        emit: _InOrder,
+    ) -> None:
+        """The decoder prompt (one length for every row; in chunks of the compiled prompt length), then greedy
+        decoding until each window stops: end-of-text, `generation_len` or a full context."""
+        width, used = self.batch_size, len(work)
+        prompts = list(prompts) + [prompts[-1]] * (width - len(prompts))
+        prompt_len = len(prompts[0])
+        if any(len(p) != prompt_len for p in prompts):
+            raise ValueError("The decoder prompts of one round must have one length.")
+        if prompt_len >= self.ctx_len:
+            raise ValueError(
+                f"The decoder prompt has {prompt_len} tokens; the program was compiled for a decoder context of "
+                f"{self.ctx_len} (compile with a larger ctx_len)."
+            )
+        for i in range(used):
+            emit.prompt(first + i, prompts[i])
+        chunk = self.compile_config["prompt_len"]
+        prompt = np.array(prompts, dtype=np.int64)
+        for start in range(0, prompt_len, chunk):
+            ids = np.zeros((width, chunk), dtype=np.int64)
+            positions = np.full((width, chunk), -1, dtype=np.int64)
+            piece = prompt[:, start : start + chunk]
+            ids[:, : piece.shape[1]] = piece
+            positions[:used, : piece.shape[1]] = np.arange(start, start + piece.shape[1])
+            logits = self._decoder_run(ids, positions)
+        eos = self.eos_token_ids()
+        limit = min(self.ctx_len - prompt_len, generation_len or self._hf_default_new_tokens(prompt_len))
+        sequence = prompt
+        position = prompt_len
+        while True:
+            tokens = picker(sequence, logits)
+            if clock.first_token is None:
+                clock.first_token = time.perf_counter()
+            active = [i for i in range(used) if work[i].finish_reason is None]
+            for i in active:
+                window, token = work[i], int(tokens[i])
+                if token in eos:
+                    window.finish_reason = "eos"
+                    emit.done(first + i)
+                    continue
+                window.generated.append(token)
+                emit.token(first + i, token)
+                if len(window.generated) >= limit:
+                    window.finish_reason = "ctx_full" if limit == self.ctx_len - prompt_len else "length"
+                    emit.done(first + i)
+            running = [i < used and work[i].finish_reason is None for i in range(width)]
+            if not any(running):
+                break
+            sequence = np.concatenate([sequence, tokens.reshape(width, 1).astype(np.int64)], axis=1)
+            t1 = time.perf_counter()
+            logits = self._decoder_run(
+                sequence[:, -1:], np.where(running, position, -1).astype(np.int64).reshape(width, 1)
+            )
+            clock.decode += time.perf_counter() - t1
+            position += 1
+
+
+class QEFFAutoModelForSpeechSeq2Seq(QEFFEncoderDecoderBase):
     """Speech-to-text encoder-decoder models (Whisper, ...) on fixed-shape backends (docs/speech_to_text.md).
 
     ```python
@@ -214,6 +552,7 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
     """
 
     _hf_auto_class: ClassVar[Any] = AutoModelForSpeechSeq2Seq
+    _metadata_key: ClassVar[str] = "speech"
 
     def __init__(
         self, model: nn.Module, processor: Any = None, encoder_ctx_len: int | None = None, **kwargs: Any
@@ -224,9 +563,7 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
         self.encoder_spec = encoder_input(model, self.feature_extractor, encoder_ctx_len)
         example = torch.zeros((1, *self.encoder_spec.shape))
         super().__init__(model, tokenizer=tokenizer, extra_pytorch_transforms=[Seq2SeqTransform(example)], **kwargs)
-        self.compile_config: dict[str, Any] = {}
-        self._exported_for: tuple[int, int] | None = None  # (ctx_len, encoder length)
-        self._decoder_state: Any = None
+        self._init_seq2seq()
 
     @classmethod
     def _init_kwargs(cls) -> tuple[str, ...]:
@@ -235,18 +572,25 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """Load a HF speech-to-text model (a local folder, e.g. one converted by `ct2_whisper_folder`, or a hub id
-        from the HF cache) with its processor (feature extractor and tokenizer) when the folder has one."""
+        from the HF cache) with its processor (feature extractor and tokenizer) when the folder has one.
+
+        A decoder-only audio LLM of transformers' speech-seq2seq mapping (Voxtral, Qwen3-ASR, Granite Speech, ...)
+        comes back as a `QEFFAutoModelForAudioTextToText`, the mechanism for audio spliced into a causal LM's prompt.
+        """
+        audio_llm = _audio_llm_class(pretrained_model_name_or_path, kwargs)
+        if audio_llm is not None:
+            from QEfficient.transformers.models.audio_text_to_text import QEFFAutoModelForAudioTextToText
+
+            logger.info(
+                "%s is a decoder-only audio LLM: loading it as QEFFAutoModelForAudioTextToText.", audio_llm.__name__
+            )
+            for name in cls._init_kwargs():  # the encoder-decoder's own settings do not apply
+                if name != "processor" and kwargs.pop(name, None) is not None:
+                    logger.warning("%s= does not apply to an audio LLM; ignored.", name)
+            return QEFFAutoModelForAudioTextToText.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if "processor" not in kwargs:
             kwargs["processor"] = _load_processor(str(pretrained_model_name_or_path))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
-    @property
-    def hf_model(self) -> nn.Module:
-        return self.model.model
-
-    @property
-    def layout(self):  # noqa: ANN201 - Seq2SeqLayout
-        return self.model.layout
 
     @property
     def sampling_rate(self) -> int:
@@ -259,61 +603,21 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
 
     # ---- export / compile ----------------------------------------------------------------------------
 
-    def _max_target_positions(self) -> int | None:
-        config = self.hf_model.config
-        for name in ("max_target_positions", "max_position_embeddings"):
-            for source in (config, getattr(config, "decoder", None)):
-                value = getattr(source, name, None)
-                if isinstance(value, int) and value > 0:
-                    return value
-        return None
-
-    def _default_ctx_len(self) -> int:
-        """The model's decoder positions, at most `DEFAULT_DECODER_CTX_LEN` (448: Whisper's)."""
-        return min(DEFAULT_DECODER_CTX_LEN, self._max_target_positions() or DEFAULT_DECODER_CTX_LEN)
-
-    def ctx_len_for(self, generation_len: int) -> int:
-        """The smallest decoder context that holds the longest decoder prompt and `generation_len` new tokens (at most
-        the model's own)."""
-        return min(self._default_ctx_len(), self._longest_prompt() + generation_len)
+    def _encoder_examples(self) -> dict[str, np.ndarray]:
+        spec = self.encoder_spec
+        return {spec.name: np.zeros(spec.shape, dtype=np.float32)}
 
     def export(
         self, export_dir: str | Path | None = None, ctx_len: int | None = None, encoder_ctx_len: int | None = None
     ) -> Path:
         """Export the encoder and decoder graphs for one decoder `ctx_len` and encoder input length (cached); dynamic
         batch. Returns the encoder graph's path; `onnx_paths` has both."""
-        ctx_len = ctx_len or (self._exported_for[0] if self._exported_for else self._default_ctx_len())
+        self._set_encoder_length(encoder_ctx_len)
+        return self._export_seq2seq(export_dir, ctx_len)
+
+    def _set_encoder_length(self, encoder_ctx_len: int | None) -> None:
         if encoder_ctx_len is not None and encoder_ctx_len != self.encoder_spec.length:
             self.encoder_spec = encoder_input(self.hf_model, self.feature_extractor, encoder_ctx_len)
-        spec = self.encoder_spec
-        encoder_len = self.model.encoder_output_length(spec.shape)
-        seq = min(TRACE_SEQ, ctx_len)
-        positions = torch.arange(seq).repeat(TRACE_BATCH, 1)
-        positions[1, max(1, seq // 2) :] = -1  # a padded row, so the padding path is traced
-        decoder_inputs: dict[str, torch.Tensor] = {
-            "input_ids": torch.zeros((TRACE_BATCH, seq), dtype=torch.int64),
-            "position_ids": positions,
-        }
-        for name, shape in self.layout.past_shapes(TRACE_BATCH, ctx_len).items():
-            decoder_inputs[name] = torch.zeros(shape)
-        for name, shape in self.layout.cross_shapes(TRACE_BATCH, encoder_len).items():
-            decoder_inputs[name] = torch.zeros(shape)
-        batch = {0: "batch_size"}
-        tokens = {0: "batch_size", 1: "seq_len"}
-        state_names = [*self.layout.past_names(), *self.layout.cross_names()]
-        decoder_axes: dict[str, dict[int, str]] = {"input_ids": tokens, "position_ids": tokens, "logits": batch}
-        for name in state_names:
-            decoder_axes[name] = decoder_axes[f"{name}_RetainedState"] = batch
-        encoder_axes = {spec.name: batch, **{name: batch for name in self.layout.cross_names()}}
-        graphs = {
-            ENCODER: GraphExport(
-                {spec.name: torch.zeros((TRACE_BATCH, *spec.shape))}, self.model.encoder_output_names(), encoder_axes
-            ),
-            DECODER: GraphExport(decoder_inputs, self.model.decoder_output_names(), decoder_axes),
-        }
-        path = self._export_graphs(graphs, export_dir)
-        self._exported_for = (ctx_len, spec.length)
-        return path
 
     def compile(
         self,
@@ -332,38 +636,11 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
         the model's own (3000 frames, 30 s, for Whisper, which takes no other) or 30 s of audio. Backend options
         (e.g. `weights="int8"`) go to the backend's compile. Exports first if needed. Returns the program directory.
         """
-        limit = self._max_target_positions()
-        ctx_len = ctx_len or self._default_ctx_len()
-        for name, value in (("ctx_len", ctx_len), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
-        if limit is not None and ctx_len > limit:
-            raise ValueError(f"ctx_len {ctx_len} exceeds the model's decoder positions ({limit}).")
-        prompt_len = self._longest_prompt()
-        if ctx_len <= prompt_len:
-            raise ValueError(
-                f"ctx_len {ctx_len} leaves no room to generate after the {prompt_len}-token decoder prompt."
-            )
-        wanted = (ctx_len, encoder_ctx_len or self.encoder_spec.length)
-        if self._exported_for != wanted or self.onnx_path is None:
-            self.export(ctx_len=ctx_len, encoder_ctx_len=encoder_ctx_len)
-        decoder_specs = [{"batch_size": batch_size, "seq_len": prompt_len}, {"batch_size": batch_size, "seq_len": 1}]
-        decoder_specs = [dict(s) for s in {tuple(s.items()): s for s in decoder_specs}.values()]
-        specializations = {ENCODER: [{"batch_size": batch_size}], DECODER: decoder_specs}
-        self.compile_config = {
-            "ctx_len": ctx_len,
-            "batch_size": batch_size,
-            "prompt_len": prompt_len,
-            "encoder_input": self.encoder_spec.name,
-            "encoder_shape": list(self.encoder_spec.shape),
-        }
-        metadata = {"speech": dict(self.compile_config)}
-        program = self._compile(
-            specializations, backend=backend, compile_dir=compile_dir, metadata=metadata, **backend_options
+        self._set_encoder_length(encoder_ctx_len)
+        extra = {"encoder_input": self.encoder_spec.name, "encoder_shape": list(self.encoder_spec.shape)}
+        return self._compile_seq2seq(
+            ctx_len, batch_size, self._longest_prompt(), backend, compile_dir, backend_options, extra
         )
-        self.program.load_all()
-        self._decoder_state = None
-        return program
 
     def _longest_prompt(self) -> int:
         """The longest decoder prompt `generate` uses: the start token, and for a multilingual Whisper the language,
@@ -373,16 +650,6 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
             return 1
         multilingual = getattr(config, "is_multilingual", None) or hasattr(config, "lang_to_id")
         return 4 if multilingual else len(self._decoder_prompts(1, None, None)[0])
-
-    @property
-    def batch_size(self) -> int:
-        self.program  # noqa: B018 - a clear error when not compiled
-        return int(self.compile_config["batch_size"])
-
-    @property
-    def ctx_len(self) -> int:
-        self.program  # noqa: B018
-        return int(self.compile_config["ctx_len"])
 
     # ---- decoder prompt and logits processors (HF generate's own) -------------------------------------
 
@@ -423,26 +690,8 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
         if _is_whisper_style(hf):
             config = self._whisper_generation_config(language, task)
             extra = type(hf)._retrieve_logit_processors(hf, config, None, prompt_len, 1, "cpu")
-        else:
-            config, extra = copy.deepcopy(hf.generation_config), None
-        config.do_sample, config.num_beams = False, 1
-        return hf._get_logits_processor(
-            generation_config=config,
-            input_ids_seq_length=prompt_len,
-            encoder_input_ids=None,
-            prefix_allowed_tokens_fn=None,
-            logits_processor=LogitsProcessorList(extra or []),
-            device="cpu",
-            model_kwargs={},
-        )
-
-    def eos_token_ids(self) -> set[int]:
-        """End-of-text ids: the generation config's, else the model config's."""
-        for source in (self.hf_model.generation_config, self.hf_model.config):
-            value = getattr(source, "eos_token_id", None)
-            if value is not None:
-                return set(value) if isinstance(value, (list, tuple)) else {int(value)}
-        return set()
+            return self._generic_logits_processors(prompt_len, config, extra)
+        return self._generic_logits_processors(prompt_len)
 
     # ---- audio -> encoder input ----------------------------------------------------------------------
 
@@ -599,29 +848,6 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
             out += [(i, piece) for piece in windows(clip, window)]
         return out
 
-    def _state(self) -> Any:
-        """The decoder's retained state (self-attention cache and cross keys/values), made once per compile: slots
-        beyond a window's positions are never read, so a new window simply overwrites it."""
-        if self._decoder_state is None:
-            self._decoder_state = self._decoder().new_state({"batch_size": self.batch_size, "seq_len": 1})
-        return self._decoder_state
-
-    def _encoder(self) -> Program:
-        return _graph(self.program, ENCODER)
-
-    def _decoder(self) -> Program:
-        return _graph(self.program, DECODER)
-
-    @contextlib.contextmanager
-    def running(self, program: Program) -> Iterator[None]:
-        """Run `generate` on another program with the same graphs for the duration of the block (validation: the
-        transformed PyTorch module, the exported graphs before compile)."""
-        saved, self._program, self._decoder_state = self._program, program, None
-        try:
-            yield
-        finally:
-            self._program, self._decoder_state = saved, None
-
     def _round(
         self,
         work: list[_Window],
@@ -634,85 +860,14 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
     ) -> None:
         """Up to `batch_size` windows together: encoder, decoder prompt, then decode until each one stops."""
         width, used = self.batch_size, len(work)
-        spec = self.encoder_spec
-        batch = np.zeros((width, *spec.shape), dtype=np.float32)
-        for i, window in enumerate(work):
-            batch[i] = window.features
-        t0 = time.perf_counter()
-        cross = self._encoder().run({spec.name: batch})
-        state = self._state()
-        views = state_arrays(state)
-        for name in self.layout.cross_names():
-            views[name][...] = cross[name]
-        clock.encoder += time.perf_counter() - t0
-        decoder = self._decoder()
+        self._encode_round(work, clock)
         languages = language
         if isinstance(language, (list, tuple)):  # one per clip: each window takes its clip's (padding rows the last)
             languages = [language[w.clip] for w in work]
             languages += [languages[-1]] * (width - used)
         prompts = self._decoder_prompts(width, languages, task, detect=lambda: self._detect_language(width, used))
-        prompt_len = len(prompts[0])
-        if prompt_len > self.compile_config["prompt_len"]:
-            raise ValueError(
-                f"The decoder prompt has {prompt_len} tokens; the program was compiled for "
-                f"{self.compile_config['prompt_len']}."
-            )
-        compiled = self.compile_config["prompt_len"]
-        ids = np.zeros((width, compiled), dtype=np.int64)
-        positions = np.full((width, compiled), -1, dtype=np.int64)
-        ids[:, :prompt_len] = prompts
-        positions[:used, :prompt_len] = np.arange(prompt_len)
-        for i in range(used):
-            emit.prompt(first + i, prompts[i])
-        picker = GreedyPicker(self._logits_processors(prompt_len, languages, task), self._vocab_size())
-        eos = self.eos_token_ids()
-        limit = min(self.ctx_len - prompt_len, generation_len or self._hf_default_new_tokens(prompt_len))
-        sequence = np.array(prompts, dtype=np.int64)
-        logits = decoder.run_with_state({"input_ids": ids, "position_ids": positions}, state)["logits"][:, -1]
-        position = prompt_len
-        while True:
-            tokens = picker(sequence, logits)
-            if clock.first_token is None:
-                clock.first_token = time.perf_counter()
-            active = [i for i in range(used) if work[i].finish_reason is None]
-            for i in active:
-                window, token = work[i], int(tokens[i])
-                if token in eos:
-                    window.finish_reason = "eos"
-                    emit.done(first + i)
-                    continue
-                window.generated.append(token)
-                emit.token(first + i, token)
-                if len(window.generated) >= limit:
-                    window.finish_reason = "ctx_full" if limit == self.ctx_len - prompt_len else "length"
-                    emit.done(first + i)
-            running = [i < used and work[i].finish_reason is None for i in range(width)]
-            if not any(running):
-                break
-            sequence = np.concatenate([sequence, tokens.reshape(width, 1).astype(np.int64)], axis=1)
-            step = {
-                "input_ids": sequence[:, -1:],
-                "position_ids": np.where(running, position, -1).astype(np.int64).reshape(width, 1),
-            }
-            t1 = time.perf_counter()
-            logits = decoder.run_with_state(step, state)["logits"][:, -1]
-            clock.decode += time.perf_counter() - t1
-            position += 1
-
-    def _hf_default_new_tokens(self, prompt_len: int) -> int:
-        """New tokens HF `generate` allows by default after a `prompt_len`-token decoder prompt: the generation
-        config's `max_new_tokens`, else its `max_length` (Whisper: `max_length` new tokens within its decoder
-        positions; other models: `max_length` tokens in all, prompt included)."""
-        config = self.hf_model.generation_config
-        if config.max_new_tokens is not None:
-            return int(config.max_new_tokens)
-        if _is_whisper_style(self.hf_model):
-            return min(int(config.max_length), (self._max_target_positions() or config.max_length) - prompt_len)
-        return max(1, int(config.max_length) - prompt_len)
-
-    def _vocab_size(self) -> int:
-        config = self.hf_model.config
-        return int(getattr(config, "vocab_size", None) or config.get_text_config(decoder=True).vocab_size)
+        picker = GreedyPicker(self._logits_processors(len(prompts[0]), languages, task), self._vocab_size())
+        self._decode_round(work, first, prompts, picker, generation_len, clock, emit)
 
     def _detect_language(self, width: int, used: int) -> torch.Tensor:
         """Each row's language id, as Whisper's `detect_language`: the decoder's logits after the start token alone,
@@ -723,8 +878,7 @@ class QEFFAutoModelForSpeechSeq2Seq(QEFFTransformersBase):
         ids = np.full((width, compiled), start, dtype=np.int64)
         positions = np.full((width, compiled), -1, dtype=np.int64)
         positions[:used, 0] = 0
-        logits = self._decoder().run_with_state({"input_ids": ids, "position_ids": positions}, self._state())["logits"]
-        logits = torch.from_numpy(np.ascontiguousarray(logits[:, -1]))
+        logits = torch.from_numpy(np.ascontiguousarray(self._decoder_run(ids, positions)))
         keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
         keep[list(config.lang_to_id.values())] = True
         return logits.masked_fill(~keep, -np.inf).argmax(dim=-1)

@@ -24,7 +24,7 @@ from QEfficient.transformers.models.image_inputs import (
     Modality,
     features_function,
     features_parameters,
-    is_text_input,
+    text_inputs,
 )
 from QEfficient.transformers.models.registry import UnsupportedModelError
 
@@ -55,7 +55,8 @@ class VisionEncoderForExport(nn.Module):
     def take_inputs(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Split example inputs: the graph's inputs (floating point, and text ids and masks, which are each prompt's
         data) are returned in order; the other integer inputs describe the geometry and are fixed (`geometry`)."""
-        graph = {name: t for name, t in tensors.items() if t.is_floating_point() or is_text_input(name)}
+        text = text_inputs(tensors)
+        graph = {name: t for name, t in tensors.items() if t.is_floating_point() or name in text}
         self.geometry = {name: t for name, t in tensors.items() if name not in graph}
         self.input_names = list(graph)
         return graph
@@ -249,8 +250,9 @@ class QEFFVisionEncoder(QEFFBaseModel):
         """Text ids and masks (InstructBLIP's Q-Former instruction) padded to the compiled length: ids with 0 and the
         mask with 0, so the padding is masked out. A text longer than compiled is a clear error."""
         fitted = dict(image_inputs)
+        text = text_inputs(self.example_shapes)
         for name, shape in self.example_shapes.items():
-            if not is_text_input(name) or name not in image_inputs:
+            if name not in text or name not in image_inputs:
                 continue
             value = np.asarray(image_inputs[name])
             length, compiled = value.shape[-1], shape[-1]
