@@ -6,7 +6,7 @@ absolute difference from HF. Embeddings and hidden states must agree within `ato
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,9 +455,6 @@ def validate_speech_seq2seq(
     compiled yet, it is compiled with batch size 1 and `ctx_len` (default: the decoder prompt plus `generation_len`).
     A stage that raises is recorded as failed, with the first line of the error, and the later stages are not run.
     """
-    from QEfficient.backends.base import MultiGraphProgram
-    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims, in_place_states
-    from QEfficient.backends.pytorch import PyTorchProgram
     from QEfficient.transformers.models.speech_seq2seq import QEFFAutoModelForSpeechSeq2Seq, hf_generate_ids
 
     if not isinstance(model, QEFFAutoModelForSpeechSeq2Seq):
@@ -485,12 +482,70 @@ def validate_speech_seq2seq(
     except Exception as exc:  # noqa: BLE001
         report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
         return report
-    wrapper = model.model
-    argument_order = {"encoder": [model.encoder_spec.name], "decoder": wrapper.decoder_input_names()}
+    argument_order = {"encoder": [model.encoder_spec.name], "decoder": model.model.decoder_input_names()}
+    for stage, program in _encoder_decoder_programs(model, manifest, argument_order):
+        try:
+            with model.running(program()):
+                got = model.generate(inputs=features, generation_len=generation_len).generated_ids
+        except Exception as exc:  # noqa: BLE001
+            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
+            return report
+        report.stages.append(_token_stage(stage, got, expected, shape))
+    return report
+
+
+def validate_image_seq2seq(
+    model: Any,
+    image_inputs: Sequence[Mapping[str, Any]],
+    generation_len: int = 16,
+    ctx_len: int | None = None,
+) -> ValidationReport:
+    """`validate_speech_seq2seq` for an image-to-text encoder-decoder (`QEFFImageEncoderDecoder`): greedy tokens of HF
+    `generate` (each image's encoder inputs alone), the transformed PyTorch module, the exported graphs in ONNX
+    Runtime and the compiled program (the images together); every stage must equal HF exactly."""
+    from QEfficient.transformers.models.image_seq2seq import hf_image_generate_ids
+
+    report = ValidationReport(model=model.model_name, atol=0.0)
+    shape = (len(image_inputs), generation_len)
+    try:
+        expected = [hf_image_generate_ids(model.hf_model, row, generation_len) for row in image_inputs]
+    except Exception as exc:  # noqa: BLE001 - reported as the failing stage
+        report.stages.append(StageResult("HF generate", 0, (), False, error=first_line(exc, limit=300)))
+        return report
+    total = sum(len(e) for e in expected)
+    report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
+    try:
+        if model._program is None:
+            model.compile(ctx_len=ctx_len or model.ctx_len_for(generation_len))
+        manifest = dict(model.program.manifest)
+    except Exception as exc:  # noqa: BLE001
+        report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
+        return report
+    argument_order = {"encoder": list(model.encoder_examples), "decoder": model.model.decoder_input_names()}
+    for stage, program in _encoder_decoder_programs(model, manifest, argument_order):
+        try:
+            with model.running(program()):
+                got = model.generate_ids(image_inputs, generation_len)
+        except Exception as exc:  # noqa: BLE001
+            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
+            return report
+        report.stages.append(_token_stage(stage, got, expected, shape))
+    return report
+
+
+def _encoder_decoder_programs(
+    model: Any, manifest: dict[str, Any], argument_order: dict[str, list[str]]
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The stages an encoder-decoder's generation is compared at, each as a function that makes the program the
+    model runs on: the transformed PyTorch module, the exported graphs in ONNX Runtime (unoptimised offline), and
+    the compiled program."""
+    from QEfficient.backends.base import MultiGraphProgram
+    from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims, in_place_states
+    from QEfficient.backends.pytorch import PyTorchProgram
 
     def pytorch() -> MultiGraphProgram:
         graphs = {
-            name: PyTorchProgram(wrapper, meta, argument_order[name]) for name, meta in manifest["graphs"].items()
+            name: PyTorchProgram(model.model, meta, argument_order[name]) for name, meta in manifest["graphs"].items()
         }
         return MultiGraphProgram(manifest, graphs)
 
@@ -509,19 +564,8 @@ def validate_speech_seq2seq(
             graphs[name] = OnnxRuntimeProgram(path.parent, raw_manifest)
         return MultiGraphProgram(manifest, graphs)
 
-    for stage, program in (
-        ("transformed PyTorch", pytorch),
-        ("ONNX Runtime", onnx_runtime),
-        ("compiled program", lambda: model.program),
-    ):
-        try:
-            with model.running(program()):
-                got = model.generate(inputs=features, generation_len=generation_len).generated_ids
-        except Exception as exc:  # noqa: BLE001
-            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
-            return report
-        report.stages.append(_token_stage(stage, got, expected, shape))
-    return report
+    compiled = ("compiled program", lambda: model.program)
+    return [("transformed PyTorch", pytorch), ("ONNX Runtime", onnx_runtime), compiled]
 
 
 def is_ctc(model: Any) -> bool:

@@ -151,8 +151,8 @@ def check_image_seq2seq(
         ImageInputError,
         QEFFImageEncoderDecoder,
         load_image_encoder_decoder,
-        validate_image_seq2seq,
     )
+    from QEfficient.validation import validate_image_seq2seq
 
     model_type = row.model_type
     row.architecture = row.architecture or MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type, "?")
@@ -189,14 +189,15 @@ def check_image_seq2seq(
             )
             if not isinstance(qeff, QEFFImageEncoderDecoder):
                 raise StageFailure(FAIL, "load", f"not handed to QEFFImageEncoderDecoder (got {type(qeff).__name__})")
-            stages = validate_image_seq2seq(qeff, image_inputs, GENERATION_LEN)
+            report = validate_image_seq2seq(qeff, image_inputs, GENERATION_LEN)
     except StageFailure as failure:
         row.status, row.stage, row.reason = failure.status, failure.stage, failure.reason
         return row
-    failed = next((s for s in stages if not s[1]), None)
+    failed = next((s for s in report.stages if not s.passed), None)
     if failed is not None:
-        row.status = HF_CANNOT_RUN if failed[0] == "HF generate" else FAIL
-        row.stage, row.reason = failed[0], failed[2]
+        row.status = HF_CANNOT_RUN if failed.stage == "HF generate" else FAIL
+        row.stage, row.reason = failed.stage, failed.error or f"tokens equal to HF: {failed.detail}"
         return row
-    row.status, row.detail = PASS, f"{stages[-1][2]} tokens, encoder-decoder ({', '.join(qeff.encoder_examples)})"
+    detail = report.stages[-1].detail
+    row.status, row.detail = PASS, f"{detail} tokens, encoder-decoder ({', '.join(qeff.encoder_examples)})"
     return row

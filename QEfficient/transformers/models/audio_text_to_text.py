@@ -120,7 +120,8 @@ class QEFFAutoModelForAudioTextToText(QEFFAutoModelForImageTextToText):
                 "No processor was found with the model: pass processor= (or the example audio_inputs= to compile)."
             )
         silence = np.zeros(int(round(audio_seconds * self.sampling_rate)), dtype=np.float32)
-        _, encoded, _ = self._encode([silence], getattr(processor, "audio_token", ""), processor, False, 0)
+        placeholder = getattr(processor, "audio_token", None) or "<audio>"
+        _, encoded, _ = self._encode([silence], placeholder, processor, False, 0)
         return self.encoder_inputs_of(encoded)
 
     def compile(  # type: ignore[override] - the audio counterpart of the image arguments
@@ -163,46 +164,14 @@ class QEFFAutoModelForAudioTextToText(QEFFAutoModelForImageTextToText):
         `streamer`, `stop_strings`)."""
         return super().generate(audio, prompts, processor, **kwargs)
 
-    def _encode(
-        self, audio: Any, prompt: str, processor: Any, chat: bool, index: int
-    ) -> tuple[list[int], dict[str, Any], bool]:
-        processor = processor or self.processor
-        if processor is None:
-            raise ValueError("generate() needs the model's processor: none was found with the model; pass processor=.")
-        clips = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
-        clips = [load_audio(clip, target_rate=self.sampling_rate) for clip in clips]
-        if not isinstance(prompt, str):
-            raise ValueError(f"Prompt {index} is not a string.")
-        placeholder = getattr(processor, "audio_token", None)
-        text = prompt
-        if chat:
-            content = [{"type": "audio"} for _ in clips] + [{"type": "text", "text": prompt}]
-            if getattr(processor, "chat_template", None) is None:
-                raise ValueError(
-                    "The processor has no chat template: pass chat=False with the audio placeholders in the prompt "
-                    f"(e.g. {placeholder or '<audio>'!r})."
-                )
-            text = processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-            )
-        if clips and not chat and placeholder and placeholder not in text:
-            raise ValueError(
-                f"Prompt {index} has no audio token {placeholder!r} for its {len(clips)} clip(s): put one per clip "
-                "where the audio belongs, or pass chat=True to use the chat template."
-            )
-        try:
-            # audio processors differ in the tensor types they return; PyTorch tensors are the common one
-            encoded = processor(text=[text], audio=clips or None, return_tensors="pt")
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"Prompt {index}: the processor refused the prompt and its audio: {exc}") from exc
-        encoded = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in dict(encoded).items()}
-        ids = [int(t) for t in np.asarray(encoded["input_ids"])[0]]
-        n_tokens = sum(t == self.image_token_id for t in ids)
-        if clips and n_tokens == 0:
-            raise ValueError(
-                f"Prompt {index} has {len(clips)} clip(s) but no audio token (id {self.image_token_id}); put the "
-                f"audio placeholder {placeholder!r} in the prompt or use chat=True."
-            )
-        if not clips and n_tokens:
-            raise ValueError(f"Prompt {index} has audio tokens but no audio was given.")
-        return ids, encoded, bool(clips)
+    def _media_items(self, items: list[Any]) -> list[np.ndarray]:
+        """Clips as float32 mono arrays at the processor's rate (WAV files resampled; clear errors otherwise)."""
+        return [load_audio(clip, target_rate=self.sampling_rate) for clip in items]
+
+    def _chat_entries(self, items: list[Any]) -> list[dict[str, str]]:
+        return [{"type": "audio"} for _ in items]
+
+    def _process(self, processor: Any, items: list[Any], text: str) -> dict[str, Any]:
+        # audio processors differ in the tensor types they return; PyTorch tensors are the common one
+        encoded = processor(text=[text], audio=items or None, return_tensors="pt")
+        return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in dict(encoded).items()}

@@ -399,52 +399,71 @@ class QEFFAutoModelForImageTextToText:
         return {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.items() if k in accepted and v is not None}
 
     def _encode(
-        self, images: Any, prompt: str, processor: Any, chat: bool, index: int
+        self, media: Any, prompt: str, processor: Any, chat: bool, index: int
     ) -> tuple[list[int], dict[str, Any], bool]:
+        """(token ids, the processor's outputs, whether media was given) for one prompt with its images (or clips):
+        the prompt through the processor's chat template (`chat`) with an entry per image, or as given, which must
+        then hold the placeholder; clear errors for placeholders without media and media without placeholders."""
         processor = processor or self.processor
         if processor is None:
             raise ValueError("generate() needs the model's processor: none was found with the model; pass processor=.")
-        image_list = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
-        image_list = [as_rgb_image(image, i) for i, image in enumerate(image_list)]
+        items = [] if media is None else list(media) if isinstance(media, (list, tuple)) else [media]
+        items = self._media_items(items)
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"Prompt {index} is empty or not a string.")
+        kind = self.modality.name
+        placeholder = getattr(processor, f"{kind}_token", None)
         text = prompt
-        video = self.modality == VIDEO  # the images are one video's frames
         if chat:
-            entries = [{"type": "video"}] if video and image_list else [{"type": "image"} for _ in image_list]
-            content = [*entries, {"type": "text", "text": prompt}]
+            content = [*self._chat_entries(items), {"type": "text", "text": prompt}]
             template = getattr(processor, "chat_template", None) or getattr(
                 getattr(processor, "tokenizer", None), "chat_template", None
             )
             if template is None:
                 raise ValueError(
-                    "The processor has no chat template: pass chat=False with the image placeholders in the prompt "
-                    f"(e.g. {getattr(processor, 'image_token', '<image>')!r})."
+                    f"The processor has no chat template: pass chat=False with the {kind} placeholders in the prompt "
+                    f"(e.g. {placeholder or f'<{kind}>'!r})."
                 )
             text = processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
             )
-        placeholder = getattr(processor, "video_token" if video else "image_token", None)
-        if image_list and not chat and placeholder and placeholder not in text:
+        if items and not chat and placeholder and placeholder not in text:
             raise ValueError(
-                f"Prompt {index} has no image token {placeholder!r} for its {len(image_list)} image(s): put one "
-                "per image where the image belongs, or pass chat=True to use the chat template."
+                f"Prompt {index} has no {kind} token {placeholder!r} for its {len(items)} {kind}(s): put one "
+                f"per {kind} where it belongs, or pass chat=True to use the chat template."
             )
         try:
-            media = {"videos": [image_list] if image_list else None} if video else {"images": image_list or None}
-            encoded = processor(**media, text=[text], return_tensors="np")
-        except ValueError as exc:
-            raise ValueError(f"Prompt {index}: the processor refused the prompt and its images: {exc}") from exc
+            encoded = self._process(processor, items, text)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"Prompt {index}: the processor refused the prompt and its {kind}: {exc}") from exc
         ids = [int(t) for t in np.asarray(encoded["input_ids"])[0]]
         n_tokens = sum(t == self.image_token_id for t in ids)
-        if image_list and n_tokens == 0:
+        if items and n_tokens == 0:
             raise ValueError(
-                f"Prompt {index} has {len(image_list)} image(s) but no image token (id {self.image_token_id}); put "
-                f"the image placeholder {placeholder!r} in the prompt or use chat=True."
+                f"Prompt {index} has {len(items)} {kind}(s) but no {kind} token (id {self.image_token_id}); put the "
+                f"{kind} placeholder {placeholder!r} in the prompt or use chat=True."
             )
-        if not image_list and n_tokens:
-            raise ValueError(f"Prompt {index} has image tokens but no image was given.")
-        return ids, dict(encoded), bool(image_list)
+        if not items and n_tokens:
+            raise ValueError(f"Prompt {index} has {kind} tokens but no {kind} was given.")
+        return ids, encoded, bool(items)
+
+    def _media_items(self, items: list[Any]) -> list[Any]:
+        """Images as PIL RGB images (clear errors for what is not one)."""
+        return [as_rgb_image(image, i) for i, image in enumerate(items)]
+
+    def _chat_entries(self, items: list[Any]) -> list[dict[str, str]]:
+        """The chat template's content entries for a prompt's images (a video model's frames: one video)."""
+        if self.modality == VIDEO:
+            return [{"type": "video"}] if items else []
+        return [{"type": "image"} for _ in items]
+
+    def _process(self, processor: Any, items: list[Any], text: str) -> dict[str, Any]:
+        """The processor's outputs (numpy) for one prompt's text and images (a video model's frames: one video)."""
+        if self.modality == VIDEO:
+            media = {"videos": [items] if items else None}
+        else:
+            media = {"images": items or None}
+        return dict(processor(**media, text=[text], return_tensors="np"))
 
     def token_features(
         self,
