@@ -1,6 +1,11 @@
 """Embedding throughput: QEFFAutoModel.encode (ONNX Runtime, fp32 and int8 weights) against sentence-transformers
 (PyTorch, CPU).
 
+int8 is an encoder's `compile(weights="int8")`: ONNX Runtime's dynamic int8 quantisation (per-channel int8
+weights, uint8 activations quantised at run time, u8 x s8 GEMMs; the FFN output projections keep fp32). Its speed
+depends on the CPU's int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX on x86), so the report prints
+the CPU model and its vector flags.
+
 Both engines encode the same deterministic corpus with the same batch size and the same number of threads.
 Rounds are interleaved (ST, ours, ST, ours, ...) so that machine noise hits both alike; the table reports the
 median sentences/s. Model load, ONNX export, compile and the first encode (session creation) are warm-up and
@@ -168,7 +173,13 @@ def machine_info() -> str:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    return f"{cpu}, {cores} cores usable"
+    try:
+        from QEfficient.cli.bench_serve import _vector_flags
+
+        flags = _vector_flags()
+    except ImportError:
+        flags = "unknown"
+    return f"{cpu}, {cores} cores usable; vector flags: {flags}"
 
 
 def _cpu_ticks() -> tuple[int, int]:

@@ -162,3 +162,30 @@ def test_validate_an_audio_llm(qwen3_asr, tmp_path) -> None:  # noqa: ANN001
     assert [s.stage for s in report.stages] == ["HF generate", "audio program", "language program"]
     assert all(s.passed for s in report.stages), report
     assert main(["validate", "--model", str(tmp_path)]) == 0
+
+
+def test_qeff_infer_audio(qwen3_asr, tmp_path, capsys) -> None:  # noqa: ANN001
+    """`qeff infer --model AUDIO_LLM --audio clip.wav --prompt ...` answers with HF's greedy tokens."""
+    from QEfficient.cli.main import main
+    from tests.test_audio_input import write_wav
+
+    model, processor, _ = qwen3_asr
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    audio = clip(1.0, 11)
+    write_wav(tmp_path / "clip.wav", audio, RATE)
+    heard = np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32768  # what the 16-bit WAV holds
+    expected = processor.tokenizer.decode(hf_answer(model, processor, heard, "transcribe"), skip_special_tokens=True)
+    command = ["infer", "--model", str(tmp_path / "model"), "--audio", str(tmp_path / "clip.wav")]
+    assert main([*command, "--prompt", "transcribe", "--generation-len", str(GENERATION_LEN), "--ctx-len", "64"]) == 0
+    assert f"answer: {expected.strip()}" in capsys.readouterr().out
+
+
+def test_causal_lm_class_points_an_audio_llm_to_the_speech_class(qwen3_asr, tmp_path) -> None:  # noqa: ANN001
+    from QEfficient import QEFFAutoModelForCausalLM
+    from QEfficient.transformers.models.registry import UnsupportedModelError
+
+    model, _, _ = qwen3_asr
+    model.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="QEFFAutoModelForSpeechSeq2Seq"):
+        QEFFAutoModelForCausalLM.from_pretrained(tmp_path)

@@ -101,3 +101,56 @@ def test_main_job_embed_on_default_model(qeff_home) -> None:
     rows = {line[:3]: line for line in result.stdout.splitlines() if line.startswith("[") and "." in line[4:12]}
     cat_row = [float(v) for v in rows["[0]"].split()[1:]]
     assert cat_row[0] == pytest.approx(1.0, abs=1e-3) and cat_row[1] > 0.5 > cat_row[2]
+
+
+def test_bench_report_without_llamacpp_says_how_to_install(tmp_path, monkeypatch) -> None:
+    """`qeff bench --peers` without llama-cpp-python: no llama.cpp row, and a line with the install command."""
+    from QEfficient.cli import bench
+    from QEfficient.cli.bench_llamacpp import LLAMACPP_KINDS
+
+    monkeypatch.setenv("QEFF_LLAMACPP_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    monkeypatch.setenv("QEFF_PEERS_DIR", str(tmp_path / "peers"))
+    prep = {"model_name": "m", "source": "m.gguf", "hf_folder": str(tmp_path), "gguf": str(tmp_path / "m.gguf"),
+            "prompt_ids": [1, 2, 3], "eval_ids": [1, 2, 3, 4], "eval_words": 4}  # fmt: skip
+    running, missing = bench._llamacpp_setup(prep, 1, context=None)
+    assert running == [] and missing == list(LLAMACPP_KINDS)
+    rows = [bench.EngineResult(bench._engine_name("fp32", prep), 10.0, 100.0, 50.0, 300.0, 10**8, 40.0, [1, 2])]
+    report = bench._report(bench.BenchConfig(threads=1, new_tokens=2), prep, rows, 20.0, missing, 1.0)
+    assert "| QEfficient ORT fp32 |" in report and "llama.cpp Q" not in report
+    (line,) = [line for line in report.splitlines() if line.startswith("llama.cpp")]
+    assert "not run" in line and 'CMAKE_ARGS="-DGGML_NATIVE=ON"' in line and "llama-cpp-python==" in line
+    assert "vector flags:" in report
+    prep["llamacpp"] = {"types": {"llamacpp": "Q4_1"}}
+    assert bench._engine_name("llamacpp", prep) == "llama.cpp Q4_1 (the GGUF as shipped)"
+
+
+def test_bench_llamacpp_f32_copy_of_a_gguf(tmp_path) -> None:
+    """The F32 file the llama.cpp F32/F16/Q8_0 rows start from: every tensor dequantised, the metadata kept, the file
+    type ALL_F32; weights read per token count a tied embedding table once."""
+    gguf = pytest.importorskip("gguf")
+    from QEfficient.cli.bench_llamacpp import dequantized_copy, gguf_matmul_bytes, gguf_type_name
+
+    rng = np.random.default_rng(0)
+    embedding, norm = rng.standard_normal((8, 64)).astype(np.float32), np.ones(64, dtype=np.float32)
+    q8 = gguf.quants.quantize(embedding, gguf.GGMLQuantizationType.Q8_0)
+    source = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(source), "llama")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_context_length(32)
+    writer.add_tensor("token_embd.weight", q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    copy = dequantized_copy(source, tmp_path / "F32.gguf")
+    reader = gguf.GGUFReader(str(copy))
+    tensors = {t.name: t for t in reader.tensors}
+    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    expected = gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(np.asarray(tensors["token_embd.weight"].data), expected)
+    np.testing.assert_array_equal(np.asarray(tensors["output_norm.weight"].data), norm)
+    assert reader.fields["llama.context_length"].contents() == 32
+    assert (gguf_type_name(source), gguf_type_name(copy)) == ("Q8_0", "F32")
+    assert gguf_matmul_bytes(copy) == 8 * 64 * 4  # the tied LM head (no output.weight); norms not counted
+    assert not list(tmp_path.glob("*.partial"))

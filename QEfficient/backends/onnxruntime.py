@@ -16,7 +16,9 @@ than this are split into column blocks, so that opening the program peaks lower:
 default 16, 0 = never), and weight quantisation
 (`QEfficient/backends/quantization.py`): `weights` ("fp32" | "int8" | "int4"), `block_size` (32),
 `accuracy_level` (4), `symmetric` (True), `exact_grids` (True: weights already on a quantisation grid, as a GGUF
-checkpoint's, are kept on it exactly; `QEfficient/backends/exact_grids.py`).
+checkpoint's, are kept on it exactly; `QEfficient/backends/exact_grids.py`); or `weights="int8-dynamic"` (ONNX
+Runtime's dynamic int8 quantisation, what encoders' `weights="int8"` becomes; the manifest's `int8_dynamic` says
+which MatMuls kept fp32).
 
 The state analysis `in_place_states` (recorded in the manifest) lets `run_with_state` write each retained-state
 output into its input's own buffer.
@@ -42,7 +44,9 @@ from QEfficient.backends.norm_fusion import fuse_skip_norms
 from QEfficient.backends.quantization import (
     DEFAULT_ACCURACY_LEVEL,
     DEFAULT_BLOCK_SIZE,
+    DYNAMIC_INT8,
     check_weight_options,
+    quantize_dynamic_int8,
     quantize_weights,
 )
 from QEfficient.backends.weight_packing import pack_weights
@@ -357,9 +361,13 @@ class OnnxRuntimeBackend(Backend):
             if fused_path is not None:
                 onnx_path = fused_path
                 scratch.append(fused_path.parent)
+        int8_dynamic: dict[str, Any] = {}
         if options["weights"] == "fp32":
             for key in QUANTIZATION_OPTIONS[1:]:
                 options.pop(key, None)
+        elif options["weights"] == DYNAMIC_INT8:  # encoders' int8: dynamic quantisation, recorded in the manifest
+            onnx_path, int8_dynamic = quantize_dynamic_int8(onnx_path, Path(out_dir) / "quantized")
+            scratch.append(onnx_path.parent)
         else:  # quantised weights: the offline optimisation starts from the quantised graph
             defaults = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, "exact_grids": True}
             options = {**defaults, **options}  # the manifest records what the program was compiled with
@@ -394,6 +402,7 @@ class OnnxRuntimeBackend(Backend):
             "outputs": [o.name for o in graph.graph.output],
             "in_place_state": in_place_states(program),
             "fused_attention": fused,
+            **({"int8_dynamic": int8_dynamic} if int8_dynamic else {}),
         }
 
     def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> OnnxRuntimeProgram:

@@ -40,6 +40,11 @@ part of this file there, on the HF folder this command prints ("HF folder: ...")
 
 That standalone entry imports neither QEfficient nor torch directly; compare its numbers with a `qeff bench`
 run on the same machine.
+
+`--peers` also runs llama.cpp through llama-cpp-python, in its own venv, on the GGUF file the bench's model is loaded
+from (as shipped: Q4_1 for SmolLM2) and on F32 / F16 / Q8_0 files made from it (`QEfficient/cli/bench_llamacpp.py`,
+which says how to install it and how it measures): same prompt ids, new tokens, threads, greedy, and perplexity on
+the same eval ids.
 """
 
 from __future__ import annotations
@@ -59,9 +64,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from QEfficient.cli.bench_llamacpp import LLAMACPP_KINDS, LlamaCppEngine
+
 QEFF_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
 COMPILE_OPTIONS = {"fp32": {}, "int4-requantized": {"weights": "int4", "exact_grids": False}}  # else weights=kind
-PEERS = ("optimum", "genai", "genai-fp32")
+PEERS = ("optimum", "genai", "genai-fp32", *LLAMACPP_KINDS)
 EVAL_TOKENS = 200
 WEIGHT_OPS = ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul")
 BENCH_TEXT = (
@@ -72,8 +79,18 @@ PEER_NAMES = {
     "optimum": "optimum-onnx (ORTModelForCausalLM)",
     "genai": "onnxruntime-genai (int4)",
     "genai-fp32": "onnxruntime-genai (fp32)",
+    "llamacpp": "llama.cpp {type} (the GGUF as shipped)",
+    "llamacpp-q8_0": "llama.cpp Q8_0 (llama_model_quantize of F32)",
+    "llamacpp-f16": "llama.cpp F16 (llama_model_quantize of F32)",
+    "llamacpp-f32": "llama.cpp F32 (the GGUF dequantised)",
 }
 PEER_MODULES = {"optimum": "optimum.onnxruntime", "genai": "onnxruntime_genai", "genai-fp32": "onnxruntime_genai"}
+PEER_INSTALL = {
+    "optimum": "optimum-onnx pins transformers 4.57, so give it its own venv (pip install torch==2.13.0 "
+    "'optimum-onnx[onnxruntime]') and run there: python QEfficient/cli/bench.py --peer optimum --hf-folder {folder}",
+    "genai": "pip install --no-deps onnxruntime-genai",
+    "genai-fp32": "pip install --no-deps onnxruntime-genai",
+}
 
 
 def compile_options(weights: str) -> dict[str, Any]:
@@ -123,6 +140,25 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+VECTOR_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",  # x86
+    "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",  # aarch64
+)  # fmt: skip
+
+
+def _vector_flags() -> str:
+    """The CPU's vector extensions among `VECTOR_FLAGS` (the list `qeff bench --serve` prints), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                present = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in VECTOR_FLAGS if f in present) or "none of " + " ".join(VECTOR_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _peak_rss_mb() -> float:
@@ -196,6 +232,7 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
     source = str(config.model or default_causal_lm())
     model = QEFFAutoModelForCausalLM.from_pretrained(source)
     folder, gguf = split_gguf_path(source, None)
+    gguf_path = str(Path(folder) / gguf) if gguf is not None else None
     if gguf is not None:
         from transformers import AutoModelForCausalLM
 
@@ -215,6 +252,7 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
         "model_name": model.model_name,
         "source": source,
         "hf_folder": folder,
+        "gguf": gguf_path,
         "programs": programs,
         "prompt_ids": prompt,
         "eval_ids": eval_ids,
@@ -408,14 +446,21 @@ class _GenAIEngine:
 
 def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[str, Any]) -> None:
     """A child's loop: build the engine, warm it up, then answer ("round" | "quality" | "rss" | "stop")."""
+    engine: Any = None
     try:
-        _set_threads(config.threads, torch_too=kind not in QEFF_WEIGHTS)
+        _set_threads(config.threads, torch_too=kind not in QEFF_WEIGHTS and kind not in LLAMACPP_KINDS)
         if kind == "hf":
-            engine: Any = _HFEngine(config, prep)
+            engine = _HFEngine(config, prep)
         elif kind in QEFF_WEIGHTS:
             engine = _QEffEngine(config, prep, kind)
         elif kind == "optimum":
             engine = _OptimumEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
+        elif kind in LLAMACPP_KINDS:
+            peer = prep["llamacpp"]
+            engine = LlamaCppEngine(
+                peer["python"], peer["files"][kind], prep["prompt_ids"], config.threads, config.ctx_len,
+                peer["weight_bytes"][kind],
+            )  # fmt: skip
         else:
             precision = "fp32" if kind == "genai-fp32" else "int4"
             engine = _GenAIEngine(prep["hf_folder"], prep["prompt_ids"], config.threads, precision)
@@ -425,8 +470,8 @@ def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[st
             command = connection.recv()
             if command == "round":
                 connection.send(("ok", engine.round(config.new_tokens)))
-            elif command == "rss":
-                connection.send(("ok", _peak_rss_mb()))
+            elif command == "rss":  # a llama.cpp engine's own process is a subprocess: it reports its own
+                connection.send(("ok", engine.peak_rss_mb() if hasattr(engine, "peak_rss_mb") else _peak_rss_mb()))
             elif command == "quality":
                 connection.send(("ok", engine.perplexity(prep["eval_ids"])))
             else:
@@ -434,6 +479,8 @@ def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[st
     except BaseException:  # noqa: BLE001 - reported to the parent, which prints it
         connection.send(("error", traceback.format_exc(limit=6)))
     finally:
+        if hasattr(engine, "close"):
+            engine.close()
         connection.close()
 
 
@@ -471,12 +518,57 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _engine_name(kind: str) -> str:
+def _engine_name(kind: str, prep: dict[str, Any] | None = None) -> str:
     if kind == "hf":
         return "HF eager (PyTorch fp32)"
     if kind in QEFF_WEIGHTS:
         return f"QEfficient ORT {kind}"
-    return PEER_NAMES[kind]
+    types = ((prep or {}).get("llamacpp") or {}).get("types", {})
+    return PEER_NAMES[kind].format(type=types.get(kind, "GGUF"))
+
+
+def _missing_peer_lines(missing_peers: list[str], prep: dict[str, Any]) -> list[str]:
+    """How to install each peer that did not run (or why a llama.cpp file could not be made)."""
+    from QEfficient.cli.bench_llamacpp import install_hint
+
+    lines = []
+    for peer in missing_peers:
+        if peer not in LLAMACPP_KINDS:
+            how = PEER_INSTALL[peer].format(folder=prep["hf_folder"])
+            lines.append(f"{PEER_NAMES[peer]}: not installed ({PEER_MODULES[peer]} is not importable here): {how}")
+    llamacpp = prep.get("llamacpp") or {}
+    failed = llamacpp.get("failed", {})
+    for peer in missing_peers:
+        if peer in failed:
+            lines.append(f"{_engine_name(peer, prep)}: not run ({failed[peer]})")
+    if any(p in LLAMACPP_KINDS and p not in failed for p in missing_peers):
+        why = llamacpp.get("why") or "llama-cpp-python not found"
+        lines.append(f"llama.cpp (llama-cpp-python): not run ({why}). Install it in its own venv: {install_hint()}")
+    return lines
+
+
+def _llamacpp_setup(prep: dict[str, Any], threads: int, context: Any) -> tuple[list[str], list[str]]:
+    """Find llama-cpp-python's venv and make the GGUF files of the llama.cpp rows (cached): (kinds that run, kinds
+    that do not). What it found goes into `prep["llamacpp"]`."""
+    from QEfficient.cli.bench_llamacpp import find_python, prepare_files
+
+    python, info = find_python()
+    if python is None:
+        prep["llamacpp"] = {"why": f"no python with llama_cpp: {info}" if info else "no python with llama_cpp"}
+        return [], list(LLAMACPP_KINDS)
+    if prep.get("gguf") is None:
+        prep["llamacpp"] = {"why": "the model is not a GGUF file; llama.cpp rows run on the model's own GGUF"}
+        return [], list(LLAMACPP_KINDS)
+    print("[bench] llama.cpp: preparing its GGUF files (cached after the first run)", file=sys.stderr)
+    try:
+        kinds = list(LLAMACPP_KINDS)
+        files = _in_child(context, prepare_files, prep["gguf"], prep["hf_folder"], python, kinds, threads)
+    except RuntimeError as exc:  # e.g. gguf-py missing here: every llama.cpp row is reported as not run
+        prep["llamacpp"] = {"why": f"its GGUF files could not be made: {str(exc).strip().splitlines()[-1]}"}
+        return [], list(LLAMACPP_KINDS)
+    prep["llamacpp"] = {"python": python, "version": info, **files}
+    running = [kind for kind in LLAMACPP_KINDS if kind in files["files"]]
+    return running, [kind for kind in LLAMACPP_KINDS if kind not in running]
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
@@ -486,7 +578,7 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 def _run_engines(context: Any, kinds: list[str], config: BenchConfig, prep: dict[str, Any]) -> list[EngineResult]:
     """Start one child per engine, run the interleaved rounds, then collect peak RSS and perplexity."""
     children: dict[str, tuple[Any, Any]] = {}
-    results = {kind: EngineResult(_engine_name(kind)) for kind in kinds}
+    results = {kind: EngineResult(_engine_name(kind, prep)) for kind in kinds}
     for kind in kinds:
         mine, theirs = context.Pipe()
         process = context.Process(target=_engine_child, args=(theirs, kind, config, prep), daemon=True)
@@ -602,18 +694,14 @@ def _report(
             if r is not hf and not math.isnan(r.perplexity)
         ]
         lines.append(f"perplexity vs HF eager's {hf.perplexity:.3f}: {', '.join(deltas) or 'n/a'}")
-    for peer in missing_peers:
-        lines.append(
-            f"{PEER_NAMES[peer]}: not installed ({PEER_MODULES[peer]} is not importable here). optimum-onnx pins "
-            "transformers 4.57, so give it its own venv (pip install torch==2.13.0 'optimum-onnx[onnxruntime]') "
-            f"and run there: python QEfficient/cli/bench.py --peer {peer} --hf-folder {prep['hf_folder']}"
-        )
+    lines += _missing_peer_lines(missing_peers, prep)
     import onnxruntime
     import torch
     import transformers
 
     from QEfficient import __version__
 
+    llamacpp = prep.get("llamacpp") or {}
     program = Path(sys.argv[0]).name
     command = " ".join(["qeff" if program == "qeff" else f"python {sys.argv[0]}", *sys.argv[1:]])
     lines += [
@@ -624,15 +712,17 @@ def _report(
         "interleaved rounds after a warm-up; each engine in its own process",
         f"perplexity: the first {len(prep['eval_ids'])} tokens of QEfficient/generation/eval_text.py "
         f"({prep['eval_words']} words), teacher-forced through decode steps (HF eager: one forward; "
-        "onnxruntime-genai: one token at a time through its generator)",
+        "onnxruntime-genai: one token at a time through its generator; llama.cpp: one eval with logits_all)",
         f"memory bandwidth: {bandwidth:.1f} GB/s (best of 7 torch sums of a 1 GiB fp32 tensor, {config.threads} "
         "threads); bound = bandwidth / weights read per token (MatMul/MatMulNBits/Gemm/FusedMatMul initializers "
-        "of the compiled graph; nn.Linear weights for HF eager)",
+        "of the compiled graph; nn.Linear weights for HF eager; the GGUF's 2-D tensors for llama.cpp)",
         "peak RSS: ru_maxrss of the engine's own process (load + warm-up + generation); QEfficient rows open "
-        "the compiled program only",
-        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, {config.threads} threads per engine",
+        "the compiled program only; llama.cpp's is its llama-cpp-python subprocess's (the model file mmapped)",
+        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, {config.threads} threads per engine; vector flags: "
+        f"{_vector_flags()}",
         f"versions: QEfficient {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
+        *([f"llama.cpp: {llamacpp['version']} ({llamacpp['python']})"] if llamacpp.get("version") else []),
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; bench took {seconds:.0f} s",
         f"command: {command}",
     ]
@@ -660,7 +750,11 @@ def run_bench(config: BenchConfig) -> str:
     missing = []
     if config.peers:
         for peer in PEERS:
-            (kinds if _importable(PEER_MODULES[peer]) else missing).append(peer)
+            if peer in PEER_MODULES:
+                (kinds if _importable(PEER_MODULES[peer]) else missing).append(peer)
+        running, not_running = _llamacpp_setup(prep, config.threads, context)
+        kinds += running
+        missing += not_running
     print(f"[bench] running {', '.join(kinds)}", file=sys.stderr)
     results = _run_engines(context, kinds, config, prep)
     return _report(config, prep, results, bandwidth, missing, time.perf_counter() - start)
@@ -695,7 +789,7 @@ def _standalone(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=_standalone.__doc__)
-    parser.add_argument("--peer", choices=PEERS, required=True)
+    parser.add_argument("--peer", choices=tuple(PEER_MODULES), required=True)
     parser.add_argument("--hf-folder", required=True, help="the 'HF folder' printed by `qeff bench`")
     parser.add_argument("--prompt-tokens", type=int, default=24)
     parser.add_argument("--new-tokens", type=int, default=128)

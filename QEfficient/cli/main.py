@@ -118,8 +118,10 @@ def _compile(model, args: argparse.Namespace) -> Path:  # noqa: ANN001
     from QEfficient.utils.progress import progress
 
     _export(model)
+    # an encoder's int8 is dynamic int8 (per-channel weights): --block-size / --requantize apply to int4 only
+    options = {"weights": "int8"} if args.weights == "int8" else _weights(args)
     with progress("Compiling for ONNX Runtime"):
-        return model.compile(seq_len=args.seq_len, batch_size=args.batch_size, **_weights(args))
+        return model.compile(seq_len=args.seq_len, batch_size=args.batch_size, **options)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -250,6 +252,12 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     )
     option("--img-size", dest="img_size", type=int, help="image side the vision program is compiled for")
     option(
+        "--audio",
+        action="append",
+        type=Path,
+        help="a WAV file for an audio LLM --model (Voxtral, Qwen3-ASR, ...; repeat for several clips per prompt)",
+    )
+    option(
         "--chat",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -261,6 +269,18 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     option("--top-p", dest="top_p", type=float, default=1.0)
     option("--seed", type=int)
     option("--stop", action="append", default=[], help="a stop string (repeatable)")
+    option(
+        "--speculative",
+        choices=("prompt_lookup", "draft"),
+        help="speculative decoding: prompt lookup (n-grams of the prompt and output), or a draft model (--draft-model)",
+    )
+    option("--draft-model", dest="draft_model", help="the draft model (folder, hub id or .gguf) of --speculative draft")
+    option(
+        "--num-speculative-tokens",
+        dest="num_speculative_tokens",
+        type=int,
+        help="draft tokens verified per target step with --speculative (default 4)",
+    )
     _add_weights_args(option)
     for ignored in ("--num-cores", "--device-group", "--mos", "--aic-enable-depth-first", "--cache-dir", "--hf-token"):
         option(ignored, dest=f"ignored_{ignored[2:].replace('-', '_')}", help=argparse.SUPPRESS)
@@ -275,6 +295,27 @@ def _prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
     return (prompts, False) if prompts else ([DEFAULT_PROMPT], True)
 
 
+def _speculative_args(args: argparse.Namespace) -> dict:
+    """`generate`'s speculative-decoding arguments from `qeff infer`'s options (empty without --speculative); the
+    draft model itself is added once loaded."""
+    from QEfficient.generation.speculative import DEFAULT_NUM_SPECULATIVE_TOKENS, check_num_speculative_tokens
+
+    if args.speculative is None:
+        if args.draft_model or args.num_speculative_tokens is not None:
+            raise ValueError("--draft-model and --num-speculative-tokens need --speculative prompt_lookup|draft.")
+        return {}
+    if args.speculative == "draft" and not args.draft_model:
+        raise ValueError("--speculative draft needs --draft-model PATH.")
+    if args.speculative == "prompt_lookup" and args.draft_model:
+        raise ValueError("--draft-model goes with --speculative draft (prompt lookup needs no second model).")
+    k = args.num_speculative_tokens if args.num_speculative_tokens is not None else DEFAULT_NUM_SPECULATIVE_TOKENS
+    k = check_num_speculative_tokens(k)
+    speculative: dict = {"num_speculative_tokens": k}
+    if args.speculative == "prompt_lookup":
+        speculative["speculative"] = "prompt_lookup"
+    return speculative
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from QEfficient import QEFFAutoModelForCausalLM
     from QEfficient.utils.default_models import default_causal_lm
@@ -285,10 +326,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"note: {', '.join(ignored)} apply to Cloud AI 100 only; ignored on this backend", file=sys.stderr)
     prompts, is_default = _prompts(args)
     if args.image:
-        from QEfficient.cli.image_text import cmd_infer_image
+        from QEfficient.cli.multimodal import cmd_infer_image
 
         return cmd_infer_image(args, _weights(args), prompts if not is_default else ["Describe this image."])
+    if args.audio:
+        from QEfficient.cli.multimodal import cmd_infer_audio
+
+        return cmd_infer_audio(args, _weights(args), prompts if not is_default else ["Transcribe the audio."])
     model_path = args.model or str(default_causal_lm())
+    speculative = _speculative_args(args)
     with progress("Loading model"):
         model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
     chat = args.chat if args.chat is not None else is_default and bool(getattr(model.tokenizer, "chat_template", None))
@@ -300,8 +346,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
             ctx_len=args.ctx_len,
             batch_size=args.batch_size,
             full_batch_size=args.full_batch_size,
+            num_speculative_tokens=speculative.get("num_speculative_tokens"),
             **_weights(args),
         )
+    if args.speculative == "draft":
+        with progress("Loading and compiling the draft model"):
+            draft = QEFFAutoModelForCausalLM.from_pretrained(
+                args.draft_model, continuous_batching=bool(args.full_batch_size)
+            )
+            draft.compile(
+                prefill_seq_len=args.prompt_len,
+                ctx_len=args.ctx_len,
+                batch_size=args.batch_size,
+                full_batch_size=args.full_batch_size,
+            )
+        speculative["draft_model"] = draft
     streamer = None
     if args.stream:
         if len(prompts) != 1:
@@ -321,6 +380,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         stop_strings=args.stop,
         streamer=streamer,
         chat=chat,
+        **speculative,
     )
     if streamer is None:
         for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
@@ -400,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peers",
         action="store_true",
-        help="also run optimum-onnx and onnxruntime-genai when importable ('not installed' otherwise)",
+        help="also run optimum-onnx, onnxruntime-genai and llama.cpp (on the model's own GGUF) when installed in "
+        "their own venvs ('not installed' with the install command otherwise)",
     )
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=128)

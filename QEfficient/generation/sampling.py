@@ -36,6 +36,11 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         if not self.params.do_sample:
             return logits.argmax(axis=-1)
+        return np.array([self.rng.choice(len(p), p=p) for p in self.probs(logits)])
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """The distribution each row of `logits` `[N, V]` is sampled from, after temperature, top-k and top-p
+        (`[N, V]`, float64, rows summing to 1). Speculative decoding compares the target's and the draft's."""
         scores = logits.astype(np.float64) / self.params.temperature
         if self.params.top_k:
             k = min(self.params.top_k, scores.shape[-1])
@@ -52,7 +57,7 @@ class Sampler:
             probs = np.zeros_like(probs)
             np.put_along_axis(probs, order, sorted_probs, axis=-1)
             probs /= probs.sum(axis=-1, keepdims=True)
-        return np.array([self.rng.choice(len(p), p=p) for p in probs])
+        return probs
 
 
 def apply_penalties(logits: np.ndarray, generated: list[int], presence: float, frequency: float) -> np.ndarray:

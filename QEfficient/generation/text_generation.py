@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from QEfficient.backends import Program, open_program
 from QEfficient.backends.base import state_arrays
 from QEfficient.generation.metrics import PerfMetrics
 from QEfficient.generation.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from QEfficient.generation.speculative import SpeculativeConfig
 
 FINISH_REASONS = ("eos", "stop_string", "length", "ctx_full")
 
@@ -86,14 +89,19 @@ class TextGenerator:
         left_padding: bool = False,
         single_chunk_prefill: bool = False,
         token_inputs: dict[str, Sequence[int]] | None = None,
+        num_speculative_tokens: int | None = None,
     ) -> None:
-        """`left_padding`: prompts end at the last column of their last prefill chunk (recurrent state must not run
+        """`num_speculative_tokens`: K of a speculative-decoding target program (its verify specialisation has K + 1
+        columns, and it returns the logits of up to K + 1 columns per row), or None.
+
+        `left_padding`: prompts end at the last column of their last prefill chunk (recurrent state must not run
         over padding after the prompt). `single_chunk_prefill`: each prompt must fit in one prefill chunk (a
         recurrent prefill that starts from a zero state). `token_inputs`: inputs the program takes per token besides
         the ids, name -> trailing shape (e.g. `{"image_embeds": [H]}`: the image features at the image-token
         positions of a vision-language model); a prompt gives them with `generate(..., token_features=)`, padding
         gets zeros and each generated token its prompt's last row (a multimodal rotary offset carries on)."""
         self.program = program
+        self.num_speculative_tokens = num_speculative_tokens
         self.token_inputs = {name: tuple(shape) for name, shape in (token_inputs or {}).items()}
         self.left_padding = left_padding
         self.single_chunk_prefill = single_chunk_prefill
@@ -123,6 +131,7 @@ class TextGenerator:
             left_padding=settings["left_padding"],
             single_chunk_prefill=settings["single_chunk_prefill"],
             token_inputs=settings.get("token_inputs"),
+            num_speculative_tokens=settings.get("num_speculative_tokens"),
         )
 
     @classmethod
@@ -232,16 +241,29 @@ class TextGenerator:
         extra_inputs: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """One program run on `state`: tokens `ids` at `positions` (-1: padding) into the cache rows `batch_index`
-        (continuous batching) or the batch's own rows; returns each row's logits at its last column `[B, V]`.
+        (continuous batching) or the batch's own rows; returns each row's logits at its last valid column `[B, V]`.
         `token_features`: the per-token inputs `[B, S, *shape]` (zeros when not given); `extra_inputs`: more
         inputs of this run (a prompt's images)."""
+        return self.run_logits(state, ids, positions, batch_index, token_features, extra_inputs)[:, -1, :]
+
+    def run_logits(
+        self,
+        state: Any,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        batch_index: np.ndarray | None,
+        token_features: dict[str, np.ndarray] | None = None,
+        extra_inputs: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """`step`, returning all the logits the program gives: `[B, n, V]`, the n columns up to each row's last valid
+        one (n = 1, or min(S, K + 1) for a speculative-decoding target: `LastValidPosition`)."""
         inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64), **(extra_inputs or {})}
         if batch_index is not None:
             inputs["batch_index"] = batch_index.astype(np.int64)
         for name, shape in self.token_inputs.items():
             given = (token_features or {}).get(name)
             inputs[name] = given if given is not None else np.zeros((*ids.shape, *shape), dtype=np.float32)
-        return self.program.run_with_state(inputs, state)["logits"][:, -1, :]
+        return self.program.run_with_state(inputs, state)["logits"]
 
     def _prefill(
         self,
@@ -340,12 +362,15 @@ class TextGenerator:
         token_features: Sequence[dict[str, np.ndarray] | None] | None = None,
         prompt_inputs: Sequence[dict[str, np.ndarray] | None] | None = None,
         initial_state: Sequence[dict[str, np.ndarray] | None] | None = None,
+        speculative: SpeculativeConfig | None = None,
     ) -> GenerationOutput:
         """Generate for `prompts` (see `QEFFAutoModelForCausalLM.generate`). `token_features`: per prompt, its
         per-token inputs (`token_inputs`), or None; `prompt_inputs`: per prompt, inputs of its prefill run (a
         vision-language program's images), which needs prompts prefilled one at a time in one chunk;
         `initial_state`: per prompt, retained states `{name: [1, ...]}` written into its cache row before its prefill
-        (a cross-attention vision-language model's image keys and values; a prompt with None gets zeros there)."""
+        (a cross-attention vision-language model's image keys and values; a prompt with None gets zeros there);
+        `speculative`: speculative decoding with a drafter (docs/speculative_decoding.md), on a program compiled with
+        `num_speculative_tokens`."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if prompts and all(isinstance(t, int) for t in prompts):
             prompts = [prompts]  # one prompt given as token ids
@@ -373,7 +398,18 @@ class TextGenerator:
                 request.initial_state = {name: (arrays or {}).get(name) for name in names} if names else None
         sampler = Sampler(sampling or SamplingParams())
         clock = _Clock()
-        if self.full_batch_size:
+        if speculative is not None:
+            if any(r.prompt_inputs or r.initial_state for r in requests):
+                raise ValueError("Speculative decoding takes text prompts only (no prompt inputs or initial state).")
+            from QEfficient.generation.speculative import SpeculativeRun
+
+            run = SpeculativeRun(self, speculative, sampler, stop_strings, streamer, clock)
+            if self.full_batch_size:
+                run.continuous(requests)
+            else:
+                for start in range(0, len(requests), self.batch_size):
+                    run.round(requests[start : start + self.batch_size])
+        elif self.full_batch_size:
             self._continuous(requests, sampler, stop_strings, streamer, clock)
         else:
             for start in range(0, len(requests), self.batch_size):
@@ -391,6 +427,9 @@ class TextGenerator:
             decode_s=clock.decode,
             total_s=time.perf_counter() - clock.start,
             decode_tokens=clock.decode_tokens,
+            draft_tokens=clock.draft_tokens,
+            accepted_draft_tokens=clock.accepted_draft_tokens,
+            row_steps=clock.row_steps,
         )
         return GenerationOutput(
             prompts, texts, [r.generated for r in requests], [r.finish_reason for r in requests], metrics
@@ -523,13 +562,21 @@ class _Clock:
         self.prefill = 0.0
         self.decode = 0.0
         self.decode_tokens = 0
+        self.draft_tokens = 0
+        self.accepted_draft_tokens = 0
+        self.row_steps = 0  # speculative decoding: running rows summed over target steps
+
+    def add_speculation(self, drafted: int, accepted: int) -> None:
+        self.draft_tokens += drafted
+        self.accepted_draft_tokens += accepted
 
     def add_prefill(self, seconds: float) -> None:
         self.prefill += seconds
 
-    def add_decode(self, seconds: float, tokens: int) -> None:
+    def add_decode(self, seconds: float, tokens: int, rows: int = 0) -> None:
         self.decode += seconds
         self.decode_tokens += tokens
+        self.row_steps += rows
 
     def mark_first_token(self) -> None:
         if not self.first_token:

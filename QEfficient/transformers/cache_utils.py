@@ -132,6 +132,8 @@ class FixedKVLayer(CacheLayerMixin):
     def _write(self, buffer: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(new full buffer, the rows this step attends over). A row without valid tokens re-writes what it holds."""
         heads, dim = states.shape[1], states.shape[-1]
+        if dim == 0:  # a zero-width state (MLA's rotary keys in a layer without rope): nothing to write or read
+            return buffer, _rows(buffer, self.indices.batch_index)
         indices = self.indices
         source, slots = indices.along_slots(heads, dim)
         new = torch.gather(states, 2, source)
@@ -432,25 +434,44 @@ def attention_masks(
 
 
 class LastValidPosition:
-    """A forward pre-hook on a model's output embedding (its LM head) that hands it only each row's hidden state at
-    the row's last valid position (padding has position -1), so the graph computes logits `[B, 1, V]` for that
-    position alone. It acts only inside `at(position_ids)`; elsewhere (HF's own runs) the head sees everything."""
+    """A forward pre-hook on a model's output embedding (its LM head) that hands it only the hidden states of the
+    positions whose logits the graph returns, so the LM head runs on those alone. It acts only inside
+    `at(position_ids)`; elsewhere (HF's own runs) the head sees everything.
 
-    def __init__(self, head: nn.Module) -> None:
+    `keep` (default 1; set before export) bounds the number of logits per row (the reference's
+    `num_logits_to_keep`): a step of S columns returns `[B, n, V]` with `n = min(S, keep)`, the logits of the n
+    columns that end at each row's last valid position (padding has position -1): index j holds column
+    `last - n + 1 + j`, clamped at column 0. With `keep=1` that is the last valid position alone (`[B, 1, V]`, what
+    prefill and decode need). A speculative-decoding target exported with `keep = K + 1` verifies K draft tokens in
+    one step of `S = K + 1` columns: a row whose columns are all valid gets the logits of every position of the
+    step, `[B, S, V]`; a right-padded row with m valid columns finds them at indices `n - m ... n - 1`. A decode
+    step (S = 1) still computes one row of logits, and a prefill chunk (S > keep) its last `keep` valid columns,
+    the last valid one at index `n - 1` as with `keep=1`.
+    """
+
+    def __init__(self, head: nn.Module, keep: int = 1) -> None:
         self.index: torch.Tensor | None = None
+        self.keep = keep
         head.register_forward_pre_hook(self)
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
         if self.index is None:
             return None
         hidden = args[0]
-        index = self.index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        index = self.index  # [B, 1]: each row's last valid column
+        if self.keep > 1:  # the min(S, keep) columns ending there: S stays symbolic in the graph
+            tail = torch.arange(hidden.shape[1], device=hidden.device)[-self.keep :]
+            index = (index + (tail - tail[-1]).unsqueeze(0)).clamp(min=0)
+        index = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return (torch.gather(hidden, 1, index), *args[1:])
 
     @contextlib.contextmanager
     def at(self, position_ids: torch.Tensor) -> Iterator[None]:
-        """Logits for each row's last valid position of `position_ids [B, S]`, for the duration of the block."""
-        self.index = position_ids.argmax(dim=1)
+        """Logits for the `keep` columns ending at each row's last valid position of `position_ids [B, S]`, for the
+        duration of the block."""
+        if not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"LastValidPosition.keep must be a positive int; got {self.keep!r}.")
+        self.index = position_ids.argmax(dim=1, keepdim=True)
         try:
             yield
         finally:

@@ -3,7 +3,8 @@
     (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [rope_offsets [B,S,R]],
      [cross_attention_mask [B,S,N,T]], [batch_index [B,1]],
      past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], [past_cross_key.1], ...)
-        -> (logits [B,1,V], past_key.0_RetainedState, past_value.0_RetainedState, ...)
+        -> (logits [B, min(S, keep), V] (keep = 1 unless exported for speculative decoding),
+            past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
 It builds a `FixedCache` over the past buffers and the masks from `position_ids`, calls the HF model
 through its own interfaces (`cache=`, `attention_mask=`, `position_ids=`), and computes logits only at

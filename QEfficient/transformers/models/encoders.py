@@ -1,5 +1,13 @@
 """Encoders and classifiers: `QEFFAutoModel` (embeddings with pooling in the graph) and
-`QEFFAutoModelForSequenceClassification` (logits and labels)."""
+`QEFFAutoModelForSequenceClassification` (logits and labels).
+
+Both compile with `weights="fp32"` (default), `"int8"` or `"int4"`. An encoder runs batches of tokens, GEMMs, so its
+`"int8"` is ONNX Runtime's dynamic int8 quantisation (the backend's `weights="int8-dynamic"`,
+`QEfficient/backends/quantization.py`): per-channel int8 weights, activations quantised to uint8 per tensor at run
+time, the FFN output projections (which read GELU outputs, the widest range) kept fp32 and the other MatMuls' inputs
+smoothed (their LayerNorm outliers moved into the weights); the manifest's `int8_dynamic` records it. `"int4"` is the
+block-wise `MatMulNBits` of the causal LMs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from QEfficient.backends.quantization import DYNAMIC_INT8
 from QEfficient.transformers.embeddings.classification import (
     ClassificationTransform,
     text_pad_token_id,
@@ -30,8 +39,49 @@ from QEfficient.transformers.models.registry import (
 
 logger = logging.getLogger(__name__)
 
+ENCODER_WEIGHTS = ("fp32", "int8", "int4")
+_BLOCK_OPTIONS = ("block_size", "accuracy_level", "symmetric", "exact_grids")
 
-class QEFFAutoModel(QEFFTransformersBase):
+
+def encoder_weight_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """An encoder's compile options for the backend: `weights="int8"` becomes ONNX Runtime's dynamic int8
+    (`"int8-dynamic"`); clear errors for other values and for block options that do not apply to it."""
+    weights = options.get("weights", "fp32")
+    if weights not in (*ENCODER_WEIGHTS, DYNAMIC_INT8):
+        raise ValueError(
+            f"weights must be one of {', '.join(ENCODER_WEIGHTS)} for an encoder (int8: dynamic int8, per-channel "
+            f"weights and activations quantised at run time); got {weights!r}."
+        )
+    if weights not in ("int8", DYNAMIC_INT8) or backend != "onnxruntime":
+        return options
+    given = [key for key in _BLOCK_OPTIONS if key in options]
+    if given:
+        raise ValueError(
+            f"An encoder's weights='int8' is dynamic int8 with one scale per output channel, not blocks, so "
+            f"{', '.join(given)} cannot be set with it (block options apply to weights='int4')."
+        )
+    return {**options, "weights": DYNAMIC_INT8}
+
+
+class _EncoderCompile:
+    """`compile` for encoders and classifiers: their `weights="int8"` is the dynamic-int8 (GEMM) program."""
+
+    def compile(
+        self,
+        seq_len: int | Sequence[int] | str | None = None,
+        batch_size: int | Sequence[int] = 1,
+        backend: str = "onnxruntime",
+        compile_dir: str | Path | None = None,
+        **backend_options: Any,
+    ) -> Path:
+        """Compile for every (batch_size, seq_len) pair, as `QEFFTransformersBase.compile`; `weights="int8"` gives
+        ONNX Runtime's dynamic int8 program (per-channel int8 weights, activations quantised at run time, FFN
+        output projections fp32), `weights="int4"` block-wise int4 weights."""
+        options = encoder_weight_options(backend, backend_options)
+        return super().compile(seq_len, batch_size, backend, compile_dir, **options)  # type: ignore[misc]
+
+
+class QEFFAutoModel(_EncoderCompile, QEFFTransformersBase):
     """Encoder-only models for embeddings, with pooling and normalisation inside the graph.
 
     Any encoder-only architecture (BERT, RoBERTa, DeBERTa, ModernBERT, ... : the masked-LM families of
@@ -116,7 +166,7 @@ class ClassificationOutput:
     labels: list[str]  # config.id2label of each label id ("LABEL_<id>" where the config names none)
 
 
-class QEFFAutoModelForSequenceClassification(QEFFTransformersBase):
+class QEFFAutoModelForSequenceClassification(_EncoderCompile, QEFFTransformersBase):
     """Sequence classifiers (`AutoModelForSequenceClassification`): `(input_ids, attention_mask) -> logits`.
 
     ```python

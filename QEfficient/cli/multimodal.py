@@ -1,4 +1,5 @@
-"""`qeff infer --image PATH --model VLM`: answer prompts about images with a vision-language model."""
+"""`qeff infer --image PATH --model VLM` and `qeff infer --audio PATH --model AUDIO_LLM`: answer prompts about images
+with a vision-language model (or read them with an image-to-text encoder-decoder), or about audio with an audio LLM."""
 
 from __future__ import annotations
 
@@ -59,5 +60,52 @@ def cmd_infer_image(args: argparse.Namespace, weights: dict[str, Any], prompts: 
     for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
         print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
     print(f"{out.perf_metrics} | vision {out.perf_metrics.vision_s * 1000:.1f} ms")
+    print("programs: " + ", ".join(f"{name} {path}" for name, path in programs.items()))
+    return 0
+
+
+def cmd_infer_audio(args: argparse.Namespace, weights: dict[str, Any], prompts: list[str]) -> int:
+    """Load an audio LLM, compile its audio encoder for the first clip's length and its language program, and answer
+    each prompt about the `--audio` files."""
+    from QEfficient import QEFFAutoModelForAudioTextToText, QEFFAutoModelForSpeechSeq2Seq
+    from QEfficient.transformers.audio import load_audio
+    from QEfficient.utils.progress import progress
+
+    if not args.model:
+        print("qeff infer --audio needs an audio LLM: --model PATH (with its processor).", file=sys.stderr)
+        return 2
+    with progress("Loading model"):
+        model = QEFFAutoModelForSpeechSeq2Seq.from_pretrained(args.model)
+    if not isinstance(model, QEFFAutoModelForAudioTextToText):
+        print(f"{args.model} is a speech encoder-decoder: transcribe with qeff transcribe AUDIO.wav.", file=sys.stderr)
+        return 2
+    if model.processor is None:
+        print(f"No processor was found with {args.model}; save the model's processor in that folder.", file=sys.stderr)
+        return 2
+    seconds = len(load_audio(args.audio[0], target_rate=model.sampling_rate)) / model.sampling_rate
+    with progress("Compiling audio and language programs"):
+        programs = model.compile(
+            audio_seconds=seconds,
+            prefill_seq_len=args.prompt_len,
+            ctx_len=args.ctx_len,
+            batch_size=args.batch_size,
+            **weights,
+        )
+    clips = [str(path) for path in args.audio]
+    out = model.generate(
+        audio=[clips] * len(prompts) if len(prompts) > 1 else clips,
+        prompts=prompts if len(prompts) > 1 else prompts[0],
+        generation_len=args.generation_len,
+        chat=True if args.chat is None else args.chat,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_strings=args.stop,
+    )
+    for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
+        print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
+    print(f"{out.perf_metrics} | audio encoder {out.perf_metrics.vision_s * 1000:.1f} ms")
     print("programs: " + ", ".join(f"{name} {path}" for name, path in programs.items()))
     return 0
