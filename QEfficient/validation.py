@@ -475,23 +475,10 @@ def validate_speech_seq2seq(
     total = sum(len(e) for e in expected)
     shape = (len(features), generation_len)
     report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
-    try:
-        if model._program is None:
-            model.compile(ctx_len=ctx_len or model.ctx_len_for(generation_len))
-        manifest = dict(model.program.manifest)
-    except Exception as exc:  # noqa: BLE001
-        report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
-        return report
-    argument_order = {"encoder": [model.encoder_spec.name], "decoder": model.model.decoder_input_names()}
-    for stage, program in _encoder_decoder_programs(model, manifest, argument_order):
-        try:
-            with model.running(program()):
-                got = model.generate(inputs=features, generation_len=generation_len).generated_ids
-        except Exception as exc:  # noqa: BLE001
-            report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
-            return report
-        report.stages.append(_token_stage(stage, got, expected, shape))
-    return report
+    def run() -> list[list[int]]:
+        return model.generate(inputs=features, generation_len=generation_len).generated_ids
+
+    return _encoder_decoder_stages(report, model, [model.encoder_spec.name], expected, run, generation_len, ctx_len)
 
 
 def validate_image_seq2seq(
@@ -514,6 +501,25 @@ def validate_image_seq2seq(
         return report
     total = sum(len(e) for e in expected)
     report.stages.append(StageResult("HF generate", 0, shape, True, f"{total}/{total}"))
+    def run() -> list[list[int]]:
+        return model.generate_ids(image_inputs, generation_len)
+
+    return _encoder_decoder_stages(report, model, list(model.encoder_examples), expected, run, generation_len, ctx_len)
+
+
+def _encoder_decoder_stages(
+    report: ValidationReport,
+    model: Any,
+    encoder_inputs: list[str],
+    expected: list[list[int]],
+    run: Callable[[], list[list[int]]],
+    generation_len: int,
+    ctx_len: int | None,
+) -> ValidationReport:
+    """Compile an encoder-decoder (when it is not yet) and compare `run()`'s tokens with HF's `expected` on each
+    program of `_encoder_decoder_programs`; a stage that raises or differs ends the report."""
+    total = sum(len(e) for e in expected)
+    shape = (len(expected), generation_len)
     try:
         if model._program is None:
             model.compile(ctx_len=ctx_len or model.ctx_len_for(generation_len))
@@ -521,11 +527,11 @@ def validate_image_seq2seq(
     except Exception as exc:  # noqa: BLE001
         report.stages.append(StageResult("export and compile", total, shape, False, first_line(exc, limit=300)))
         return report
-    argument_order = {"encoder": list(model.encoder_examples), "decoder": model.model.decoder_input_names()}
+    argument_order = {"encoder": encoder_inputs, "decoder": model.model.decoder_input_names()}
     for stage, program in _encoder_decoder_programs(model, manifest, argument_order):
         try:
             with model.running(program()):
-                got = model.generate_ids(image_inputs, generation_len)
+                got = run()
         except Exception as exc:  # noqa: BLE001
             report.stages.append(StageResult(stage, total, shape, False, first_line(exc, limit=300)))
             return report

@@ -295,6 +295,19 @@ def _prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
     return (prompts, False) if prompts else ([DEFAULT_PROMPT], True)
 
 
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`generate`'s length, sampling and stop options from `qeff infer`'s."""
+    return {
+        "generation_len": args.generation_len,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop_strings": args.stop,
+    }
+
+
 def _speculative_args(args: argparse.Namespace) -> dict:
     """`generate`'s speculative-decoding arguments from `qeff infer`'s options (empty without --speculative); the
     draft model itself is added once loaded."""
@@ -369,19 +382,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
         print(f"prompt: {prompts[0]}\nanswer: ", end="", flush=True)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = model.generate(
-        prompts=prompts,
-        generation_len=args.generation_len,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_strings=args.stop,
-        streamer=streamer,
-        chat=chat,
-        **speculative,
-    )
+    out = model.generate(prompts=prompts, streamer=streamer, chat=chat, **sampling_options(args), **speculative)
     if streamer is None:
         for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
             print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")

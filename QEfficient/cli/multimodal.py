@@ -44,24 +44,7 @@ def cmd_infer_image(args: argparse.Namespace, weights: dict[str, Any], prompts: 
             num_images=len(args.image),
             **weights,
         )
-    images = [list(args.image)] * len(prompts) if len(prompts) > 1 else list(args.image)
-    out = model.generate(
-        images=images,
-        prompts=prompts if len(prompts) > 1 else prompts[0],
-        generation_len=args.generation_len,
-        chat=True if args.chat is None else args.chat,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_strings=args.stop,
-    )
-    for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
-        print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
-    print(f"{out.perf_metrics} | vision {out.perf_metrics.vision_s * 1000:.1f} ms")
-    print("programs: " + ", ".join(f"{name} {path}" for name, path in programs.items()))
-    return 0
+    return _answer(model, list(args.image), args, prompts, programs, "vision")
 
 
 def cmd_infer_audio(args: argparse.Namespace, weights: dict[str, Any], prompts: list[str]) -> int:
@@ -91,21 +74,21 @@ def cmd_infer_audio(args: argparse.Namespace, weights: dict[str, Any], prompts: 
             batch_size=args.batch_size,
             **weights,
         )
-    clips = [str(path) for path in args.audio]
+    return _answer(model, [str(path) for path in args.audio], args, prompts, programs, "audio encoder")
+
+
+def _answer(model: Any, media: list[Any], args: argparse.Namespace, prompts: list[str], programs: dict, encoder: str):  # noqa: ANN202
+    """Answer each prompt about all of `media` (images or clips) and print the answers, timings and programs."""
+    from QEfficient.cli.main import sampling_options
+
     out = model.generate(
-        audio=[clips] * len(prompts) if len(prompts) > 1 else clips,
-        prompts=prompts if len(prompts) > 1 else prompts[0],
-        generation_len=args.generation_len,
+        [media] * len(prompts) if len(prompts) > 1 else media,
+        prompts if len(prompts) > 1 else prompts[0],
         chat=True if args.chat is None else args.chat,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_strings=args.stop,
+        **sampling_options(args),
     )
     for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
         print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
-    print(f"{out.perf_metrics} | audio encoder {out.perf_metrics.vision_s * 1000:.1f} ms")
+    print(f"{out.perf_metrics} | {encoder} {out.perf_metrics.vision_s * 1000:.1f} ms")
     print("programs: " + ", ".join(f"{name} {path}" for name, path in programs.items()))
     return 0
