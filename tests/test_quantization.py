@@ -58,5 +58,6 @@ def test_encoder_int8_embeddings(tiny_encoder_dirs) -> None:
     reference = model.encode(sentences)
     model.compile(seq_len=[16], batch_size=2, weights="int8")
     quantised = model.encode(sentences, batch_size=2)
-    assert op_counts(model.program_path).get("MatMulNBits", 0) > 0
+    ops = op_counts(model.program_path)  # an encoder's int8 is dynamic int8 (tests/test_encoder_int8.py)
+    assert ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulInteger", 0) > 0
     assert min(cosine(a, b) for a, b in zip(quantised, reference)) >= 0.99
