@@ -174,9 +174,9 @@ def machine_info() -> str:
     except AttributeError:
         cores = os.cpu_count()
     try:
-        from QEfficient.cli.bench_serve import _vector_flags
+        from QEfficient.cli.bench import vector_flags
 
-        flags = _vector_flags()
+        flags = vector_flags()
     except ImportError:
         flags = "unknown"
     return f"{cpu}, {cores} cores usable; vector flags: {flags}"

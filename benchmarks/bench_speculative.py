@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-from pathlib import Path
+
+from QEfficient.cli.bench import cpu_name, vector_flags
 
 REWRITE_TEXT = (
     "The history of the city begins with a small fishing village on the river, where traders from the north and "
@@ -29,17 +29,6 @@ WORKLOADS = {
     ),
     "free generation": "Write a short story about a dragon who learns to bake bread.",
 }
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def best_runs(configs: list, prompt: str, new_tokens: int, rounds: int) -> list:
@@ -74,7 +63,7 @@ def main() -> None:
     options = {} if args.weights == "fp32" else {"weights": args.weights}
     shapes = {"prefill_seq_len": 32, "ctx_len": args.ctx_len, "batch_size": 1}
     k = args.num_speculative_tokens
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible)")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible); vector flags: {vector_flags()}")
     print(f"SmolLM2-135M-Instruct {args.weights}, batch 1, greedy, {args.new_tokens} new tokens, K={k}\n")
 
     plain = QEFFAutoModelForCausalLM.from_pretrained(default_causal_lm())

@@ -21,8 +21,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from QEfficient import QEFFAutoModel
 from QEfficient.backends.quantization import activation_fed_matmuls
-from QEfficient.cli.bench import _cpu_name
-from QEfficient.cli.bench_serve import _vector_flags
+from QEfficient.cli.bench import cpu_name, vector_flags
 from QEfficient.utils.default_models import default_embedding_model
 
 
@@ -52,7 +51,7 @@ def main() -> None:
             seq_len="dynamic", batch_size=32, **({} if weights == "fp32" else {"weights": weights})
         )
         graphs[f"compile(weights={weights!r}) program"] = directory / "model.onnx"
-    print(f"CPU: {_cpu_name()}, {len(os.sched_getaffinity(0))} cores usable; vector flags: {_vector_flags()}")
+    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores usable; vector flags: {vector_flags()}")
     print(f"onnxruntime {ort.__version__}\n")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2

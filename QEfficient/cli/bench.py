@@ -132,7 +132,8 @@ class EngineResult:
 # ---- measurements shared by the children ------------------------------------------------------------------
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -149,8 +150,9 @@ VECTOR_FLAGS = (
 )  # fmt: skip
 
 
-def _vector_flags() -> str:
-    """The CPU's vector extensions among `VECTOR_FLAGS` (the list `qeff bench --serve` prints), from /proc/cpuinfo."""
+def vector_flags() -> str:
+    """The CPU's vector extensions among `VECTOR_FLAGS`, from /proc/cpuinfo ('unknown' elsewhere): every benchmark
+    prints them beside its table."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -718,8 +720,8 @@ def _report(
         "of the compiled graph; nn.Linear weights for HF eager; the GGUF's 2-D tensors for llama.cpp)",
         "peak RSS: ru_maxrss of the engine's own process (load + warm-up + generation); QEfficient rows open "
         "the compiled program only; llama.cpp's is its llama-cpp-python subprocess's (the model file mmapped)",
-        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, {config.threads} threads per engine; vector flags: "
-        f"{_vector_flags()}",
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {config.threads} threads per engine; vector flags: "
+        f"{vector_flags()}",
         f"versions: QEfficient {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
         *([f"llama.cpp: {llamacpp['version']} ({llamacpp['python']})"] if llamacpp.get("version") else []),

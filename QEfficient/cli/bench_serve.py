@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from QEfficient.cli.bench import _cpu_name
+from QEfficient.cli.bench import cpu_name, vector_flags
 from QEfficient.serving.process import ServerProcess, free_port
 
 DEFAULT_CONCURRENCY = (1, 4, 8, 16)
@@ -69,11 +69,6 @@ HOST = "127.0.0.1"
 TARGET_SPEEDUP = 4.0
 TARGET_REQUESTS = 500
 TARGET_TTFT_P99_S = 2.0
-VECTOR_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-    "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",  # x86
-    "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",  # aarch64
-)  # fmt: skip
 SERVE_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
 LLAMA_CPP_SPEC = "llama-cpp-python[server]"
 
@@ -117,21 +112,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _vector_flags() -> str:
-    """The CPU's vector extensions among `VECTOR_FLAGS`, from /proc/cpuinfo ('unknown' elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                present = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in VECTOR_FLAGS if f in present) or "none of " + " ".join(VECTOR_FLAGS)
-    except OSError:
-        pass
-    return "unknown"
-
-
 def cpu_line() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU: {_cpu_name()}, {cores} cores usable; vector flags: {_vector_flags()}"
+    return f"CPU: {cpu_name()}, {cores} cores usable; vector flags: {vector_flags()}"
 
 
 # ---- measurements ------------------------------------------------------------------------------------------
