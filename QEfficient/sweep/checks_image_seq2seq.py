@@ -128,11 +128,11 @@ def tiny_seq2seq_inputs(model_type: str, model: torch.nn.Module) -> list[dict[st
 def _image_tokens(model: torch.nn.Module, pixel_values: np.ndarray) -> list[int]:
     """The image's placeholder tokens in the encoder's text (Florence-2, T5Gemma2): one per image feature; none for
     a model whose config names no image token (UDOP's encoder appends the image's patches itself)."""
-    from QEfficient.transformers.models.image_inputs import image_token_id
+    from QEfficient.transformers.models.image_inputs import placeholder_token_id
     from QEfficient.transformers.models.registry import UnsupportedModelError
 
     try:
-        token = image_token_id(model.config)
+        token = placeholder_token_id(model.config)
     except UnsupportedModelError:
         return []
     with torch.no_grad():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -254,17 +255,24 @@ def bidirectional_prefix(model: PreTrainedModel) -> bool:
     """Whether the model attends over its whole prompt bidirectionally when `token_type_ids` marks it as the prefix
     (PaliGemma: image and prompt are a prefix-LM's prefix; the generated tokens are causal). Asked of HF itself: with
     `token_type_ids` all zeros, does the first token's output change when the last one changes? Any failure counts
-    as False (causal). Only asked of a model that takes `token_type_ids` without Gemma3's per-image blocks."""
+    as False (causal). Only asked of a model that takes `token_type_ids` without Gemma3's per-image blocks, and once
+    per model (the support check and the language program's wrapper both need the answer)."""
     if "token_type_ids" not in inspect.signature(model.forward).parameters or bidirectional_image_blocks(model):
         return False
-    vocab = model.config.get_text_config(decoder=True).vocab_size
-    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % vocab
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids), use_cache=False).logits
-    except Exception:  # noqa: BLE001 - a model that cannot answer is taken to be causal
-        return False
-    return not torch.equal(logits[0, 0], logits[1, 0])
+    if model not in _PREFIX_ANSWERS:
+        vocab = model.config.get_text_config(decoder=True).vocab_size
+        ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % vocab
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids), use_cache=False).logits
+            _PREFIX_ANSWERS[model] = not torch.equal(logits[0, 0], logits[1, 0])
+        except Exception:  # noqa: BLE001 - a model that cannot answer is taken to be causal
+            _PREFIX_ANSWERS[model] = False
+    return _PREFIX_ANSWERS[model]
+
+
+# bidirectional_prefix's answers, per model object (kept only while the model lives)
+_PREFIX_ANSWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cross_attention_layers(model: PreTrainedModel) -> tuple[int, ...]:

@@ -60,11 +60,6 @@ def features_function(model: nn.Module, modality: Modality = IMAGE) -> Any:
     return function if callable(function) else getattr(inner, modality.features_function, None)
 
 
-def image_features_function(model: nn.Module) -> Any:
-    """HF's `get_image_features` of a vision-language model (on the model, or on its inner `model`); None if none."""
-    return features_function(model, IMAGE)
-
-
 def features_parameters(model: nn.Module, modality: Modality) -> list[str] | None:
     """The inputs the features function names (looking through a `(*args, **kwargs)` delegate to the inner model's),
     None when it names none."""
@@ -90,11 +85,6 @@ def placeholder_token_id(config: Any, modality: Modality = IMAGE) -> int:
         f"{type(config).__name__} names no {modality.name} token ({fields}): its {modality.name} input does not "
         "replace placeholder tokens of the prompt, which is the mechanism implemented."
     )
-
-
-def image_token_id(config: Any) -> int:
-    """The placeholder token that a vision-language model's images replace in the prompt."""
-    return placeholder_token_id(config, IMAGE)
 
 
 def text_inputs(names: Iterable[str]) -> set[str]:
