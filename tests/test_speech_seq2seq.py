@@ -29,11 +29,11 @@ from transformers import (
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
     WhisperProcessor,
-    WhisperTokenizerFast,
 )
 
 from QEfficient import QEFFAutoModelForSpeechSeq2Seq
 from QEfficient.transformers.audio import AudioInputError, load_audio
+from QEfficient.transformers.ct2_whisper import ct2_tokenizer
 from QEfficient.transformers.models.speech_seq2seq import hf_generate_ids
 
 RATE = 16000
@@ -72,13 +72,7 @@ def save_tiny_whisper(folder: Path, multilingual: bool = False) -> Path:
     """A tiny random Whisper with tiny.en's tokenizer and suppressed tokens, a 2 s window and 32 decoder positions."""
     ct2 = _ct2_folder()
     suppress = json.loads((ct2 / "config.json").read_text())
-    tokenizer = WhisperTokenizerFast(
-        tokenizer_file=str(ct2 / "tokenizer.json"),
-        unk_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
+    tokenizer = ct2_tokenizer(ct2)
     vocab = tokenizer.get_vocab()
     config = WhisperConfig(
         vocab_size=51864,

@@ -161,31 +161,43 @@ def whisper_state_dict(model: Ct2Model) -> tuple[dict[str, np.ndarray], dict[str
     linear(f"{enc}.conv1", "encoder/conv1")
     linear(f"{enc}.conv2", "encoder/conv2")
     sd[f"{enc}.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
-    for i in range(sizes["encoder_layers"]):
-        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
+    def self_attention_and_ffn(dst: str, src: str) -> None:
+        """The parts every encoder and decoder layer has: self-attention (fused QKV) and the feed-forward block."""
         norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
         split(f"{dst}.self_attn", f"{src}/self_attention/linear_0", "qkv")
         linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
         norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
         linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
         linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
+
+    for i in range(sizes["encoder_layers"]):
+        self_attention_and_ffn(f"{enc}.layers.{i}", f"encoder/layer_{i}")
     norm(f"{enc}.layer_norm", "encoder/layer_norm")
     sd[f"{dec}.embed_tokens.weight"] = embed
     sd[f"{dec}.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     for i in range(sizes["decoder_layers"]):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        split(f"{dst}.self_attn", f"{src}/self_attention/linear_0", "qkv")
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
+        self_attention_and_ffn(dst, src)
+        norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")  # cross-attention (fused KV)
         linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
         split(f"{dst}.encoder_attn", f"{src}/attention/linear_1", "kv")
         linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
     norm(f"{dec}.layer_norm", "decoder/layer_norm")
     return sd, sizes
+
+
+def ct2_tokenizer(ct2_dir: str | Path) -> Any:
+    """The Whisper tokenizer of a CTranslate2 folder (its `tokenizer.json`, `<|endoftext|>` as every special token
+    HF's Whisper tokenizer names)."""
+    from transformers import WhisperTokenizerFast
+
+    return WhisperTokenizerFast(
+        tokenizer_file=str(Path(ct2_dir) / "tokenizer.json"),
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
 
 
 def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, bin_parts: Sequence[str | Path] = ()) -> Path:
@@ -201,7 +213,6 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, bin_parts: Seq
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
         WhisperProcessor,
-        WhisperTokenizerFast,
     )
     from transformers.utils import logging as hf_logging
 
@@ -231,13 +242,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, bin_parts: Seq
     if missing or result.unexpected_keys:
         raise Ct2FormatError(f"Conversion mismatch: missing {missing}, unexpected {result.unexpected_keys}.")
     hf_model.tie_weights()
-    tokenizer = WhisperTokenizerFast(
-        tokenizer_file=str(ct2_dir / "tokenizer.json"),
-        unk_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
+    tokenizer = ct2_tokenizer(ct2_dir)
     vocab = tokenizer.get_vocab()
     generation = GenerationConfig(
         decoder_start_token_id=sot,
