@@ -29,10 +29,10 @@ from transformers import AutoModelForSpeechSeq2Seq
 from QEfficient.transformers.audio import DEFAULT_SAMPLING_RATE, load_audio
 from QEfficient.transformers.models.image_inputs import (
     AUDIO,
-    TEXT_INPUTS,
     Modality,
     features_function,
     features_parameters,
+    image_inputs_of,
     placeholder_token_id,
 )
 from QEfficient.transformers.models.image_text_to_text import QEFFAutoModelForImageTextToText
@@ -70,13 +70,9 @@ def audio_inputs_of(encoded: dict[str, Any], model: nn.Module) -> dict[str, np.n
     one), or, where it names nothing, every non-text input the model's forward takes."""
     wanted = features_parameters(model, AUDIO)
     if wanted is None:
-        wanted = [n for n in inspect.signature(model.forward).parameters if n not in TEXT_INPUTS]
-    arrays = {}
-    for name in wanted:
-        value = encoded.get(name)
-        if value is not None:
-            arrays[name] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    return arrays
+        return image_inputs_of(encoded, model)
+    arrays = image_inputs_of(encoded)
+    return {name: arrays[name] for name in wanted if name in arrays}
 
 
 class QEFFAutoModelForAudioTextToText(QEFFAutoModelForImageTextToText):
