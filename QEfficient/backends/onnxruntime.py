@@ -18,7 +18,9 @@ default 16, 0 = never), and weight quantisation
 `accuracy_level` (4), `symmetric` (True), `exact_grids` (True: weights already on a quantisation grid, as a GGUF
 checkpoint's, are kept on it exactly; `QEfficient/backends/exact_grids.py`); or `weights="int8-dynamic"` (ONNX
 Runtime's dynamic int8 quantisation, what encoders' `weights="int8"` becomes; the manifest's `int8_dynamic` says
-which MatMuls kept fp32).
+which MatMuls kept fp32); or `weights="checkpoint"` with `checkpoint_weights` (a records file): a pre-quantised
+checkpoint's own integer weights as `MatMulNBits` (`QEfficient/backends/checkpoint_weights.py`; the manifest's
+`checkpoint_weights` says which format and what was kept).
 
 The state analysis `in_place_states` (recorded in the manifest) lets `run_with_state` write each retained-state
 output into its input's own buffer.
@@ -39,9 +41,11 @@ import onnxruntime as ort
 
 from QEfficient.backends.attention_fusion import check_fused_positions, fuse_attention_file
 from QEfficient.backends.base import Backend, Program, Specialization, check_specializations
+from QEfficient.backends.checkpoint_weights import apply_checkpoint_weights
 from QEfficient.backends.graph_shapes import inferred_shapes
 from QEfficient.backends.norm_fusion import fuse_skip_norms
 from QEfficient.backends.quantization import (
+    CHECKPOINT,
     DEFAULT_ACCURACY_LEVEL,
     DEFAULT_BLOCK_SIZE,
     DYNAMIC_INT8,
@@ -64,7 +68,7 @@ _OPTIONS = (
     "fuse_attention",
     "pack_weights",
 )
-QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric", "exact_grids")
+QUANTIZATION_OPTIONS = ("weights", "block_size", "accuracy_level", "symmetric", "exact_grids", "checkpoint_weights")
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -172,6 +176,7 @@ class OnnxRuntimeProgram(Program):
         self.providers = manifest["options"].get("providers") or default_providers()
         self._session: ort.InferenceSession | None = None
         self.other_outputs = [name for name in self.output_names if not name.endswith("_RetainedState")]
+        self._constant_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # name -> (shape, dtype)
 
     @property
     def pinned_dims(self) -> dict[str, int]:
@@ -217,7 +222,20 @@ class OnnxRuntimeProgram(Program):
             cache = next(name for name in shapes if name.startswith("past_key."))
             check_fused_positions(inputs["position_ids"], shapes[cache][2])
 
+    def bind_constants(self, arrays: dict[str, np.ndarray]) -> None:
+        """Constant inputs as ORT values, bound once into each IO binding (`OrtRetainedState.binding`): a step binds
+        only its own inputs. A name bound again with its shape and dtype is updated in place (the bindings stay)."""
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            held = self.constants.get(name)
+            if held is not None and self._constant_specs[name] == (array.shape, array.dtype):
+                held.update_inplace(array)
+                continue
+            self.constants[name] = ort.OrtValue.ortvalue_from_numpy(array.copy())  # the value keeps its copy alive
+            self._constant_specs[name] = (array.shape, array.dtype)
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {**{name: value.numpy() for name, value in self.constants.items()}, **inputs}
         shapes = {name: a.shape for name, a in inputs.items()}
         self.specialization_of(shapes)
         self._check_positions(inputs, shapes)
@@ -234,10 +252,11 @@ class OnnxRuntimeProgram(Program):
         shapes = tuple((name, array.shape) for name, array in inputs.items())
         input_shapes = (id(self), shapes)  # one state may serve several programs (MultiGraphProgram)
         if input_shapes not in state.checked:  # the state's shapes never change: check each input shape set once
-            state.checked[input_shapes] = self.specialization_of({**dict(shapes), **state.shapes})
+            constant_shapes = {name: spec[0] for name, spec in self._constant_specs.items()}
+            state.checked[input_shapes] = self.specialization_of({**dict(shapes), **state.shapes, **constant_shapes})
         self._check_positions(inputs, state.shapes)
         session = self.session()
-        binding = state.binding(session, self.other_outputs)
+        binding = state.binding(session, self.other_outputs, self.constants)
         # ORT binds the arrays' memory without holding a reference: keep the contiguous copies alive until the run ends
         # (every input is bound again at every step, so none outlives its array)
         arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
@@ -276,15 +295,20 @@ class OrtRetainedState:
         self.kept_outputs: dict[tuple, dict[str, ort.OrtValue]] = {}
         self.checked: dict[tuple, int] = {}  # input shapes -> the specialisation they were checked to match
 
-    def binding(self, session: ort.InferenceSession, other_outputs: list[str]) -> ort.IOBinding:
+    def binding(
+        self, session: ort.InferenceSession, other_outputs: list[str], constants: dict[str, ort.OrtValue] | None = None
+    ) -> ort.IOBinding:
         """An IO binding of `session` with this state bound (inputs `current`, outputs `spare`) after `other_outputs`
-        (which then come back first, in order): made once per session and buffer parity and reused at every step, so
-        a step binds only its own inputs."""
-        key = (id(session), id(self.current))
+        (which then come back first, in order), and the program's `constants` bound as inputs: made once per session,
+        buffer parity and set of constant values, and reused at every step, so a step binds only its own inputs."""
+        constants = constants or {}
+        key = (id(session), id(self.current), *(id(value) for value in constants.values()))
         if key not in self._bindings:
             binding = session.io_binding()
             for name in other_outputs:
                 binding.bind_output(name)
+            for name, value in constants.items():
+                binding.bind_ortvalue_input(name, value)
             for name in self.names:
                 binding.bind_ortvalue_input(name, self.current[name])
                 binding.bind_ortvalue_output(f"{name}_RetainedState", self.spare[name])
@@ -362,12 +386,23 @@ class OnnxRuntimeBackend(Backend):
                 onnx_path = fused_path
                 scratch.append(fused_path.parent)
         int8_dynamic: dict[str, Any] = {}
+        checkpoint: dict[str, Any] = {}  # a pre-quantised checkpoint's own weights, kept before any other quantisation
+        if options["weights"] in (CHECKPOINT, "int8", "int4") and options.get("checkpoint_weights"):
+            level = options.get("accuracy_level", DEFAULT_ACCURACY_LEVEL)
+            kept_path, checkpoint = apply_checkpoint_weights(
+                onnx_path, Path(out_dir) / "checkpoint", options["checkpoint_weights"], level
+            )
+            if kept_path is not None:
+                onnx_path = kept_path
+                scratch.append(onnx_path.parent)
         if options["weights"] == "fp32":
             for key in QUANTIZATION_OPTIONS[1:]:
                 options.pop(key, None)
         elif options["weights"] == DYNAMIC_INT8:  # encoders' int8: dynamic quantisation, recorded in the manifest
             onnx_path, int8_dynamic = quantize_dynamic_int8(onnx_path, Path(out_dir) / "quantized")
             scratch.append(onnx_path.parent)
+        elif options["weights"] == CHECKPOINT:  # the checkpoint's weights kept above, the rest fp32
+            options = {"accuracy_level": DEFAULT_ACCURACY_LEVEL, **options}
         else:  # quantised weights: the offline optimisation starts from the quantised graph
             defaults = {"block_size": DEFAULT_BLOCK_SIZE, "accuracy_level": DEFAULT_ACCURACY_LEVEL, "exact_grids": True}
             options = {**defaults, **options}  # the manifest records what the program was compiled with
@@ -403,6 +438,7 @@ class OnnxRuntimeBackend(Backend):
             "in_place_state": in_place_states(program),
             "fused_attention": fused,
             **({"int8_dynamic": int8_dynamic} if int8_dynamic else {}),
+            **({"checkpoint_weights": checkpoint} if checkpoint else {}),
         }
 
     def open(self, program_dir: Path, manifest: dict[str, Any], **session_options: Any) -> OnnxRuntimeProgram:

@@ -7,6 +7,10 @@ embedding stays fp32). Activations stay fp32 between ops. `accuracy_level` is `M
 4 (the default) quantises each activation row to int8 for the dot products, the fastest on CPUs; 0 computes in
 fp32 from the dequantised weights.
 
+`weights="checkpoint"` (the default for a model loaded from a GPTQ / AWQ / compressed-tensors checkpoint) writes the
+checkpoint's own integers, scales and zero points as `MatMulNBits` (`checkpoint_weights.py`); with "int8" / "int4"
+those weights are kept the same way, and the rest quantised.
+
 Weights that already lie on a block quantisation grid (a GGUF checkpoint's Q8_0 / Q4_1 / Q4_0 tensors, which
 transformers dequantises to fp32) are first kept on that grid exactly (`exact_grids=True`, the default;
 `exact_grids.py`) instead of being quantised a second time; the quantiser then takes the rest.
@@ -32,7 +36,8 @@ import onnx.numpy_helper
 from QEfficient.backends.exact_grids import keep_exact_grids
 from QEfficient.backends.graph_edit import set_nodes, write_with_weights
 
-WEIGHT_PRECISIONS = ("fp32", "int8", "int4")
+WEIGHT_PRECISIONS = ("fp32", "int8", "int4", "checkpoint")
+CHECKPOINT = "checkpoint"  # a pre-quantised checkpoint's own integer weights (`checkpoint_weights.py`)
 DYNAMIC_INT8 = "int8-dynamic"  # dynamic int8 quantisation (`quantize_dynamic_int8`): the GEMM path, for encoders
 DEFAULT_BLOCK_SIZE = 32
 DEFAULT_ACCURACY_LEVEL = 4
@@ -50,7 +55,25 @@ def check_weight_options(options: dict[str, Any]) -> None:
             )
         return
     if weights not in WEIGHT_PRECISIONS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}; got {weights!r}.")
+        raise ValueError(
+            f"weights must be one of {', '.join(WEIGHT_PRECISIONS[:-1])}; got {weights!r} (or {CHECKPOINT!r}, a "
+            "pre-quantised checkpoint's own weights, the default for a model loaded from one)."
+        )
+    records = options.get("checkpoint_weights")
+    if records is not None and not (isinstance(records, str) and Path(records).is_file()):
+        raise ValueError(f"checkpoint_weights must be the path of a checkpoint's records file; got {records!r}.")
+    if weights == CHECKPOINT:
+        if records is None:
+            raise ValueError(
+                "weights='checkpoint' keeps a pre-quantised checkpoint's own integer weights: it applies to a model "
+                "loaded from a GPTQ, AWQ, compressed-tensors or FP8 checkpoint (docs/quantized_checkpoints.md)."
+            )
+        given = sorted(set(options) & {"block_size", "symmetric", "exact_grids"})
+        if given:
+            raise ValueError(
+                f"weights='checkpoint' takes its groups and zero points from the checkpoint, not {given}; "
+                "weights='int4' / 'int8' quantise the weights again."
+            )
     block = options.get("block_size", DEFAULT_BLOCK_SIZE)
     if not isinstance(block, int) or block < 16 or block & (block - 1):
         raise ValueError(f"block_size must be a power of two >= 16 (e.g. 32, 64, 128); got {block!r}.")

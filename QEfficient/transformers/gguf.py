@@ -29,17 +29,16 @@ def _quiet_progress_bars() -> Iterator[None]:
     """Hide transformers' progress bars while a GGUF converts: its own (behind `disable_progress_bar`) and the bar of
     its GGUF reader, a plain tqdm that no switch of transformers reaches. Our callers show their own progress."""
     import transformers.modeling_gguf_pytorch_utils as gguf_reader
-    from transformers.utils import logging as hf_logging
 
-    shown, reader_bar = hf_logging.is_progress_bar_enabled(), gguf_reader.tqdm
-    hf_logging.disable_progress_bar()
+    from QEfficient.transformers.loading import quiet_progress_bars
+
+    reader_bar = gguf_reader.tqdm
     gguf_reader.tqdm = functools.partial(reader_bar, disable=True)
     try:
-        yield
+        with quiet_progress_bars():
+            yield
     finally:
         gguf_reader.tqdm = reader_bar
-        if shown:
-            hf_logging.enable_progress_bar()
 
 
 def gguf_folder(folder: str | Path, gguf_file: str, auto_class: Any) -> Path:

@@ -1,5 +1,8 @@
 """Loading HF models for export: hub id (offline from the HF cache), local folder, or GGUF file.
 
+A pre-quantised checkpoint (GPTQ, AWQ, compressed-tensors, FP8) is read by `quantized_checkpoints.py` instead of
+transformers' quantisers: dequantised to fp32, its integers kept for `compile()`.
+
 Export needs a model that is fp32, in eval mode, fully materialised (no meta tensors) and using an
 attention implementation that traces to plain ONNX ops. `load_pretrained` forces those settings and logs
 each one it changed, so nothing happens silently.
@@ -7,9 +10,10 @@ each one it changed, so nothing happens silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,20 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block (and back on after it if they were on)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def local_then_hub(load: Callable[..., Any], source: str, is_local: bool) -> Any:
     """Call `load(**extra)` for a local folder; for a hub id, the HF cache first, then the hub.
 
@@ -138,6 +156,12 @@ def load_pretrained(
             check_config(config)
         model_class = model_class_for(auto_class, config)
         attention = choose_attention(model_class, requested_attention)
+        if _is_readable_quantized(config):  # GPTQ / AWQ / compressed-tensors / FP8: read beside transformers
+            from QEfficient.transformers.quantized_checkpoints import load_quantized_pretrained
+
+            logger.info("Loading %s's quantised weights with QEfficient's own reader (dequantised to fp32).", source)
+            hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir") if k in kwargs}
+            return load_quantized_pretrained(model_class, source, is_local, config, attention, **hub_kwargs, **extra)
         logger.info("Loading %s with dtype=float32, attn_implementation=%r (forced for export).", source, attention)
         try:
             return model_class.from_pretrained(
@@ -152,7 +176,18 @@ def load_pretrained(
                 source, *args, dtype=torch.float32, attn_implementation="eager", **kwargs, **extra
             )
 
-    return prepare_for_export(local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only"))))
+    with quiet_progress_bars():  # transformers' "Loading weights" bar: our callers show their own progress
+        model = local_then_hub(load, source, is_local or bool(kwargs.get("local_files_only")))
+    return prepare_for_export(model)
+
+
+def _is_readable_quantized(config: PretrainedConfig) -> bool:
+    """Whether the config names a pre-quantised checkpoint format that `quantized_checkpoints.py` reads."""
+    if getattr(config, "quantization_config", None) is None:
+        return False
+    from QEfficient.transformers.quantized_checkpoints import READABLE_METHODS, quantization_method
+
+    return quantization_method(config) in READABLE_METHODS
 
 
 def model_class_for(auto_class: Any, config: PretrainedConfig) -> Any:
