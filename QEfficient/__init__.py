@@ -22,6 +22,8 @@ _LAZY = {
     "QEFFAutoModelForAudioTextToText": "QEfficient.transformers.models.audio_text_to_text",
     "QEFFAutoModelForSpeechSeq2Seq": "QEfficient.transformers.models.speech_seq2seq",
     "QEFFTransformersBase": "QEfficient.transformers.models.modeling_auto",
+    "QEFFAutoLoraModelForCausalLM": "QEfficient.peft.auto",
+    "QEFFAutoPeftModelForCausalLM": "QEfficient.peft.auto",
     "validate": "QEfficient.validation",
 }
 
@@ -41,11 +43,13 @@ def __dir__() -> list[str]:
 __all__ = [
     "QEFFAutoModel",
     "QEFFAutoModelForCTC",
+    "QEFFAutoLoraModelForCausalLM",
     "QEFFAutoModelForCausalLM",
     "QEFFAutoModelForImageTextToText",
     "QEFFAutoModelForAudioTextToText",
     "QEFFAutoModelForSequenceClassification",
     "QEFFAutoModelForSpeechSeq2Seq",
+    "QEFFAutoPeftModelForCausalLM",
     "QEFFBaseModel",
     "QEFFTransformersBase",
     "__version__",

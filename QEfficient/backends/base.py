@@ -39,6 +39,8 @@ class Program(ABC):
         # State inputs whose `_RetainedState` output the backend may write into the input's own memory: every
         # reader of the input runs before (or is) the node that writes the output (see `in_place_states`).
         self.in_place_state: frozenset[str] = frozenset(manifest.get("in_place_state", ()))
+        # Inputs given once and read by every later run (`bind_constants`), name -> the backend's value.
+        self.constants: dict[str, Any] = {}
 
     @property
     def input_names(self) -> list[str]:
@@ -70,13 +72,19 @@ class Program(ABC):
             for name in self.state_names()
         }
 
+    def bind_constants(self, arrays: dict[str, np.ndarray]) -> None:
+        """Give inputs that every later run reads unchanged (e.g. LoRA adapter weights, docs/lora.md): runs then
+        omit them. Backends keep them where they run, bound once, so a step copies none of them; binding a name again
+        replaces its value."""
+        self.constants.update({name: np.ascontiguousarray(array) for name, array in arrays.items()})
+
     def run_with_state(self, inputs: dict[str, np.ndarray], state: Any) -> dict[str, np.ndarray]:
         """Run one step: state inputs come from `state`, their `_RetainedState` outputs replace it in place.
 
         Returns the other outputs. This generic version copies through the host; backends override it to
         keep the state where it lives.
         """
-        outputs = self.run({**inputs, **state})
+        outputs = self.run({**self.constants, **inputs, **state})
         for name in state:
             state[name] = outputs.pop(f"{name}_RetainedState")
         return outputs
@@ -150,6 +158,10 @@ class MultiGraphProgram(Program):
 
     def new_state(self, specialization: Specialization, dtype: type = np.float32) -> Any:
         return self.stateful[0].new_state(specialization, dtype)
+
+    def bind_constants(self, arrays: dict[str, np.ndarray]) -> None:
+        for graph in self.graphs.values():
+            graph.bind_constants({name: a for name, a in arrays.items() if name in graph.input_dims})
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.graph_for({name: a.shape for name, a in inputs.items()}).run(inputs)

@@ -31,7 +31,8 @@ def _negative_log_likelihood(logits: np.ndarray, target: int) -> float:
 
 def perplexity(model: Any, token_ids: Sequence[int]) -> float:
     """Perplexity of `token_ids` under a compiled `QEFFAutoModelForCausalLM` (anything with `program` and
-    `compile_config` works), computed by teacher forcing through decode steps.
+    `compile_config` works; `step_inputs`, if it has them, go into every step), computed by teacher forcing through
+    decode steps.
 
     exp(mean over i of -log p(token[i+1] | token[:i+1])). The text must fit in the compiled context:
     `len(token_ids) < ctx_len`. A model compiled with `full_batch_size` (continuous batching) is refused.
@@ -53,11 +54,14 @@ def perplexity(model: Any, token_ids: Sequence[int]) -> float:
     state = program.new_state({"batch_size": batch, "seq_len": 1})
     step_ids = np.zeros((batch, 1), dtype=np.int64)
     positions = np.full((batch, 1), -1, dtype=np.int64)
+    # inputs a step takes besides ids and positions (a LoRA program's `adapter_ids`: the active adapter)
+    extra = dict(getattr(model, "step_inputs", None) or {})
 
     def step(token: int) -> np.ndarray:
         step_ids[0, 0] = token
         positions[0, 0] += 1
-        return program.run_with_state({"input_ids": step_ids, "position_ids": positions}, state)["logits"][0, -1]
+        inputs = {"input_ids": step_ids, "position_ids": positions, **extra}
+        return program.run_with_state(inputs, state)["logits"][0, -1]
 
     return stepwise_perplexity(step, ids)
 

@@ -2,7 +2,8 @@
 
     (input_ids [B,S], position_ids [B,S], [image_embeds [B,S,H]], [rope_offsets [B,S,R]],
      [cross_attention_mask [B,S,N,T]], [batch_index [B,1]],
-     past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], [past_cross_key.1], ...)
+     past_key.0, past_value.0, [past_indexer_key.0], [past_conv.0], [past_recurrent.0], [past_cross_key.1], ...,
+     [adapter_ids [B,1], lora_a.{module} [N,in,R], lora_b.{module} [N,R,out], ...])
         -> (logits [B, min(S, keep), V] (keep = 1 unless exported for speculative decoding),
             past_key.0_RetainedState, past_value.0_RetainedState, ...)
 
@@ -11,6 +12,7 @@ through its own interfaces (`cache=`, `attention_mask=`, `position_ids=`), and c
 each row's last valid position (a pre-hook on the output embedding gathers that hidden state first).
 Layers with recurrent state (state-space, linear attention) keep it as `past_conv.{i}` / `past_recurrent.{i}`;
 such a model needs separate prefill and decode graphs (docs/recurrent_state.md).
+With LoRA adapters (`use_lora`, docs/lora.md) the adapters' matrices and each row's adapter slot are inputs too.
 
 The language model of a vision-language model takes `image_embeds`: per token, the image feature that replaces the
 embedding of an image token (zeros elsewhere). The graph hands HF the features at the image-token positions as
@@ -36,7 +38,7 @@ import inspect
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -67,6 +69,9 @@ from QEfficient.transformers.implementations import (
     exportable_experts,
 )
 from QEfficient.transformers.models.adapters import NOT_SUPPORTED, adapter_for
+
+if TYPE_CHECKING:
+    from QEfficient.peft.lora import LoraGraph
 
 
 class UnsupportedCausalLMError(ValueError):
@@ -405,8 +410,17 @@ class CausalLMForExport(nn.Module):
         # grouped_mm, whose token counting (histc) and data-dependent splits do not export.
         self.experts = exportable_experts(model)
         self.adapter = adapter_for(model)
+        # LoRA adapters as graph inputs after the past ones (QEfficient/peft/lora.py), set by the LoRA model classes
+        self.lora: LoraGraph | None = None
         self.attention = self.model.config._attn_implementation
         self.attention = self._choose_attention()
+
+    def use_lora(self, lora: LoraGraph | None) -> None:
+        """Take LoRA adapter inputs (`LoraGraph`: its hooks add each targeted module's LoRA term), or none; a graph
+        used before has its hooks removed."""
+        if self.lora is not None and self.lora is not lora:
+            self.lora.remove()
+        self.lora = lora
 
     def use_cross_attention(self, shapes: dict[int, tuple[int, int, int]], mask_shape: tuple[int, ...]) -> None:
         """Retain the cross-attention keys and values of layers `shapes` (layer -> (H_kv, T, D), what the vision
@@ -515,6 +529,7 @@ class CausalLMForExport(nn.Module):
             "image_fields": dict(self.image_fields),
             "merge_into_embeddings": self.merge_into_embeddings,
             "cross_attention_mask": self.cross_mask_shape,
+            **({"lora": self.lora.layout.identity} if self.lora is not None else {}),
         }
 
     @property
@@ -532,7 +547,7 @@ class CausalLMForExport(nn.Module):
         names += ["rope_offsets"] if self.rope_rows else []
         names += ["cross_attention_mask"] if self.cross_mask_shape else []
         names += ["batch_index"] if self.continuous_batching else []
-        return names + self.past_names()
+        return names + self.past_names() + (self.lora.input_names() if self.lora is not None else [])
 
     def past_names(self) -> list[str]:
         return list(self.layout.past_shapes(1, 1))
@@ -611,7 +626,8 @@ class CausalLMForExport(nn.Module):
         rope_offsets = rest.pop(0) if self.rope_rows else None
         cross_mask = rest.pop(0) if self.cross_mask_shape else None
         batch_index = rest.pop(0) if self.continuous_batching else None
-        past = tuple(rest)
+        lora = self.lora.applied(rest[-len(self.lora.input_names()) :]) if self.lora is not None else None
+        past = tuple(rest[: -len(self.lora.input_names())] if self.lora is not None else rest)
         per_layer = self._per_layer(past)
         ctx_len = next((e.kv[0].shape[2] for e in per_layer if isinstance(e, LayerBuffers) and e.kv), None)
         # Recurrent layers: one token (decode), or a prefill chunk that continues, start from their input state.
@@ -640,7 +656,7 @@ class CausalLMForExport(nn.Module):
         rope_positions = position_ids.clamp(min=0)
         if rope_offsets is not None:  # [R, B, S]: each axis's rotary position
             rope_positions = rope_positions.unsqueeze(0) + rope_offsets.permute(2, 0, 1).round().long()
-        with self._implementations(), self.last_position.at(position_ids):
+        with self._implementations(), self.last_position.at(position_ids), lora or contextlib.nullcontext():
             out = self.model(
                 position_ids=rope_positions,
                 attention_mask=mask,
