@@ -16,12 +16,56 @@ import collections
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from QEfficient.cli.bench import QEFF_WEIGHTS, compile_options
+
+
+def decode_session(
+    graph: Path, threads: int, profile: bool = False, pin_seq_len: bool = False, prepack: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime session of a compiled causal-LM graph for batch 1 (`seq_len` pinned to 1 on request)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = profile
+    options.log_severity_level = 3
+    options.add_free_dimension_override_by_name("batch_size", 1)
+    if pin_seq_len:
+        options.add_free_dimension_override_by_name("seq_len", 1)
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
+def decode_step(reference: ort.InferenceSession, in_place: frozenset[str]) -> Callable[[ort.InferenceSession], None]:
+    """`step(session)`: one decode step at position 30 as `run_with_state` runs it (IO binding, the cache written in
+    place where allowed), on a zero cache shaped as `reference`'s inputs."""
+    state = {
+        value.name: ort.OrtValue.ortvalue_from_numpy(
+            np.zeros([d if isinstance(d, int) else 1 for d in value.shape], np.float32)
+        )
+        for value in reference.get_inputs()
+        if value.name.startswith("past_")
+    }
+
+    def step(sess: ort.InferenceSession) -> None:
+        binding = sess.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([[5]], dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.array([[30]], dtype=np.int64))
+        binding.bind_output("logits")
+        for name, value in state.items():
+            binding.bind_ortvalue_input(name, value)
+            if name in in_place:
+                binding.bind_ortvalue_output(f"{name}_RetainedState", value)
+            else:
+                binding.bind_output(f"{name}_RetainedState")
+        sess.run_with_iobinding(binding)
+
+    return step
 
 
 def main() -> None:
@@ -43,39 +87,10 @@ def main() -> None:
     graph = Path(program_dir) / "model.onnx"
 
     def session(profile: bool) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.enable_profiling = profile
-        options.add_free_dimension_override_by_name("batch_size", 1)
-        if args.pin_seq_len:
-            options.add_free_dimension_override_by_name("seq_len", 1)
-        if args.no_prepack:
-            options.add_session_config_entry("session.disable_prepacking", "1")
-        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return decode_session(graph, args.threads, profile, pin_seq_len=args.pin_seq_len, prepack=not args.no_prepack)
 
     plain = session(False)
-    state = {
-        value.name: ort.OrtValue.ortvalue_from_numpy(
-            np.zeros([d if isinstance(d, int) else 1 for d in value.shape], np.float32)
-        )
-        for value in plain.get_inputs()
-        if value.name.startswith("past_")
-    }
-    in_place = model.program.in_place_state
-
-    def step(sess: ort.InferenceSession) -> None:
-        """One decode step as `run_with_state` runs it: IO binding, the cache written in place where allowed."""
-        binding = sess.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([[5]], dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.array([[30]], dtype=np.int64))
-        binding.bind_output("logits")
-        for name, value in state.items():
-            binding.bind_ortvalue_input(name, value)
-            if name in in_place:
-                binding.bind_ortvalue_output(f"{name}_RetainedState", value)
-            else:
-                binding.bind_output(f"{name}_RetainedState")
-        sess.run_with_iobinding(binding)
+    step = decode_step(plain, model.program.in_place_state)
 
     for _ in range(3):
         step(plain)

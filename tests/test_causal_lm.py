@@ -66,6 +66,37 @@ def test_more_prompts_than_batch_run_in_rounds(tokenizer) -> None:
     assert out.generated_ids == [hf_greedy(hf, tokenizer, p, 10) for p in prompts]
 
 
+def test_several_prefill_widths_take_the_fewest_chunks(tokenizer) -> None:
+    """`prefill_seq_len=(4, 16)`: each chunk is the narrowest width that holds the rest of the prompt, else the widest;
+    the tokens equal HF's, alone, batched and under continuous batching."""
+    hf = tiny_decoder("gemma2")  # sliding layers: a wide chunk's window mask is exercised too
+    prompts = [SHORT, LONG, LONG + " " + LONG]
+    expected = [hf_greedy(hf, tokenizer, p, 8) for p in prompts]
+    model = QEFFAutoModelForCausalLM(hf)
+    model.compile(prefill_seq_len=[16, 4], ctx_len=96, batch_size=1)
+    generator = model.text_generator(tokenizer=tokenizer)
+    assert model.compile_config["prefill_seq_lens"] == [4, 16]
+    assert [generator.chunk_plan(n) for n in (3, 4, 5, 16, 17, 21, 40)] == [
+        [4], [4], [16], [16], [16, 4], [16, 16], [16, 16, 16]
+    ]
+    assert sorted(spec["seq_len"] for spec in model.program.specializations) == [1, 4, 16]
+    assert [model.generate(tokenizer, [p], generation_len=8).generated_ids[0] for p in prompts] == expected
+
+    model.compile(prefill_seq_len=(4, 16), ctx_len=96, batch_size=3)
+    assert model.generate(tokenizer, prompts, generation_len=8).generated_ids == expected
+
+    cb = QEFFAutoModelForCausalLM(hf, continuous_batching=True)
+    cb.compile(prefill_seq_len=(4, 16), ctx_len=96, full_batch_size=2)
+    assert cb.generate(tokenizer, prompts, generation_len=8).generated_ids == expected
+
+    with pytest.raises(ValueError, match="must divide the widest \\(16\\); got \\[6, 16\\]"):
+        model.compile(prefill_seq_len=(6, 16), ctx_len=96)
+    with pytest.raises(ValueError, match="positive int or a sequence"):
+        model.compile(prefill_seq_len=(4, 0), ctx_len=96)
+    with pytest.raises(ValueError, match="prefill_seq_len \\(128\\) must not exceed ctx_len \\(96\\)"):
+        model.compile(prefill_seq_len=(4, 128), ctx_len=96)
+
+
 @pytest.fixture(scope="module")
 def llama(tokenizer) -> QEFFAutoModelForCausalLM:
     model = QEFFAutoModelForCausalLM(tiny_decoder("llama"), tokenizer=tokenizer)

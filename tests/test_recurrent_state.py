@@ -45,6 +45,8 @@ def test_mamba_graphs_and_single_chunk_prefill(prompts) -> None:
     with pytest.raises(ValueError, match=r"Prompt 0 has 17 tokens but prefill_seq_len is 8.*prefill_seq_len >= 17"):
         model.generate(None, prompts[:1], generation_len=4)
     assert model.generate(None, prompts[1:2], generation_len=NEW_TOKENS).generated_ids == expected[1:2]
+    with pytest.raises(ValueError, match=r"recurrent state.*give one prefill_seq_len, not \[8, 20\]"):
+        model.compile(prefill_seq_len=(8, 20), ctx_len=64)
 
 
 def test_mamba2_chunked_prefill_and_continuous_batching(prompts) -> None:

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from QEfficient.cli.bench_llamacpp import LLAMACPP_KINDS, LlamaCppEngine
+from QEfficient.cli.bench_variants import VARIANTS, bind_variant_inputs, compile_variant, step_inputs
 
 QEFF_WEIGHTS = ("fp32", "int8", "int4", "int4-requantized")
 COMPILE_OPTIONS = {"fp32": {}, "int4-requantized": {"weights": "int4", "exact_grids": False}}  # else weights=kind
@@ -75,6 +76,10 @@ BENCH_TEXT = (
     "The history of the city begins with a small fishing village on the river, where traders from the north "
     "and the south met every spring to exchange salt, wool, grain and stories about the lands beyond the sea."
 )
+VARIANT_NAMES = {  # QEfficient/cli/bench_variants.py
+    "fp32-lora": "QEfficient ORT fp32 + LoRA (rank 16, all linear)",
+    "gptq-int4": "QEfficient ORT GPTQ int4 checkpoint (g64, act-order; head int8)",
+}
 PEER_NAMES = {
     "optimum": "optimum-onnx (ORTModelForCausalLM)",
     "genai": "onnxruntime-genai (int4)",
@@ -93,6 +98,14 @@ PEER_INSTALL = {
 }
 
 
+def prefill_widths(config: BenchConfig) -> list[int]:
+    """The prefill chunk widths to compile: the configured ones that divide ctx_len (at least the narrowest)."""
+    from QEfficient.cli.main import fitting_widths
+
+    widths = config.prefill_seq_len
+    return fitting_widths([widths] if isinstance(widths, int) else widths, config.ctx_len)
+
+
 def compile_options(weights: str) -> dict[str, Any]:
     """The `compile` options of one of `QEFF_WEIGHTS`."""
     return COMPILE_OPTIONS.get(weights, {"weights": weights})
@@ -105,7 +118,7 @@ class BenchConfig:
     model: str | None = None
     prompt_tokens: int = 24
     new_tokens: int = 128
-    prefill_seq_len: int = 32
+    prefill_seq_len: int | tuple[int, ...] = (32, 128)  # chunk widths (`compile`): those dividing ctx_len
     ctx_len: int = 256
     rounds: int = 3
     threads: int | None = None
@@ -241,13 +254,15 @@ def _prepare_child(config: BenchConfig) -> dict[str, Any]:
         from QEfficient.transformers.gguf import gguf_folder
 
         folder = str(gguf_folder(folder, gguf, AutoModelForCausalLM))
+    tokenizer = model.tokenizer
+    shapes = {"prefill_seq_len": prefill_widths(config), "ctx_len": config.ctx_len, "batch_size": 1}
     programs = {}
     for weights in config.weights:
-        model.compile(
-            prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, batch_size=1, **compile_options(weights)
-        )
-        programs[weights] = str(model.program_path)
-    tokenizer = model.tokenizer
+        if weights in VARIANTS:
+            programs[weights] = compile_variant(weights, source, folder, tokenizer, shapes)
+        else:
+            model.compile(**shapes, **compile_options(weights))
+            programs[weights] = str(model.program_path)
     prompt = tokenizer(BENCH_TEXT * (1 + config.prompt_tokens // 16))["input_ids"][: config.prompt_tokens]
     eval_ids = tokenizer(EVAL_TEXT)["input_ids"][: min(EVAL_TOKENS, config.ctx_len - 1)]
     return {
@@ -314,11 +329,12 @@ class _HFEngine:
 
 
 class _CompiledModel:
-    """What `perplexity` needs of a compiled model: its program and compile settings."""
+    """What `perplexity` needs of a compiled model: its program, compile settings and the inputs of a bare step."""
 
-    def __init__(self, program: Any, compile_config: dict[str, Any]) -> None:
+    def __init__(self, program: Any, compile_config: dict[str, Any], step_inputs: dict[str, Any]) -> None:
         self.program = program
         self.compile_config = compile_config
+        self.step_inputs = step_inputs
 
 
 class _QEffEngine:
@@ -330,9 +346,10 @@ class _QEffEngine:
         directory = Path(prep["programs"][weights])
         self.generator = TextGenerator.from_program(directory)  # the program alone: no PyTorch in this process
         self.generator.eos_token_ids = set()  # no EOS: the same token count for every engine
+        bind_variant_inputs(weights, self.generator, prep["hf_folder"])
         program = self.generator.program
         program.load_all()
-        self.model = _CompiledModel(program, program.manifest["generation"])
+        self.model = _CompiledModel(program, program.manifest["generation"], step_inputs(weights))
         self.prompt = prep["prompt_ids"]
         self.weight_bytes = matmul_weight_bytes(_decode_graph(directory))
 
@@ -450,10 +467,11 @@ def _engine_child(connection: Any, kind: str, config: BenchConfig, prep: dict[st
     """A child's loop: build the engine, warm it up, then answer ("round" | "quality" | "rss" | "stop")."""
     engine: Any = None
     try:
-        _set_threads(config.threads, torch_too=kind not in QEFF_WEIGHTS and kind not in LLAMACPP_KINDS)
+        ours = kind in QEFF_WEIGHTS or kind in VARIANTS
+        _set_threads(config.threads, torch_too=not ours and kind not in LLAMACPP_KINDS)
         if kind == "hf":
             engine = _HFEngine(config, prep)
-        elif kind in QEFF_WEIGHTS:
+        elif ours:
             engine = _QEffEngine(config, prep, kind)
         elif kind == "optimum":
             engine = _OptimumEngine(prep["hf_folder"], prep["prompt_ids"], config.threads)
@@ -525,6 +543,8 @@ def _engine_name(kind: str, prep: dict[str, Any] | None = None) -> str:
         return "HF eager (PyTorch fp32)"
     if kind in QEFF_WEIGHTS:
         return f"QEfficient ORT {kind}"
+    if kind in VARIANT_NAMES:
+        return VARIANT_NAMES[kind]
     types = ((prep or {}).get("llamacpp") or {}).get("types", {})
     return PEER_NAMES[kind].format(type=types.get(kind, "GGUF"))
 
@@ -710,7 +730,7 @@ def _report(
         "",
         f"model: {prep['model_name']} from {prep['source']} (HF folder: {prep['hf_folder']})",
         f"batch 1, prompt {len(prep['prompt_ids'])} tokens, {n} new tokens (EOS ignored), greedy; "
-        f"prefill_seq_len {config.prefill_seq_len}, ctx_len {config.ctx_len}; median of {config.rounds} "
+        f"prefill_seq_len {prefill_widths(config)}, ctx_len {config.ctx_len}; median of {config.rounds} "
         "interleaved rounds after a warm-up; each engine in its own process",
         f"perplexity: the first {len(prep['eval_ids'])} tokens of QEfficient/generation/eval_text.py "
         f"({prep['eval_words']} words), teacher-forced through decode steps (HF eager: one forward; "
@@ -736,9 +756,9 @@ def run_bench(config: BenchConfig) -> str:
     from QEfficient.backends.onnxruntime import default_num_threads
 
     start = time.perf_counter()
-    unknown = set(config.weights) - set(QEFF_WEIGHTS)
+    unknown = set(config.weights) - set(QEFF_WEIGHTS) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"--weights takes {', '.join(QEFF_WEIGHTS)}; got {sorted(unknown)}.")
+        raise ValueError(f"--weights takes {', '.join([*QEFF_WEIGHTS, *VARIANTS])}; got {sorted(unknown)}.")
     for name in ("prompt_tokens", "new_tokens", "rounds"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(config, name)}.")
@@ -766,7 +786,7 @@ def run_generation_bench(
     model_path: str | None = None,
     prompt_tokens: int = 24,
     new_tokens: int = 128,
-    prefill_seq_len: int = 32,
+    prefill_seq_len: int | tuple[int, ...] = (32, 128),
     ctx_len: int = 256,
     rounds: int = 3,
     threads: int | None = None,

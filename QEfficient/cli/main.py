@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,14 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     )
     option("--prompt", action="append", help="a prompt (repeat, or separate several with |)")
     option("--prompts-txt-file-path", dest="prompts_file", type=Path, help="a file with one prompt per line")
-    option("--prompt-len", dest="prompt_len", type=int, default=32, help="prefill chunk length (default 32)")
+    option(
+        "--prompt-len",
+        dest="prompt_len",
+        type=int,
+        nargs="+",
+        help="prefill chunk length, or several: each chunk takes the narrowest that holds the rest of the prompt "
+        "(default 32 128; one width, 32, for image and audio prompts and models with recurrent state)",
+    )
     option("--ctx-len", dest="ctx_len", type=int, default=256, help="context length: prompt + output (default 256)")
     option("--generation-len", dest="generation_len", type=int, help="new tokens at most (default: to ctx_len)")
     option("--batch-size", dest="batch_size", type=int, default=1, help="prompts per round (default 1)")
@@ -280,6 +288,21 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
         dest="num_speculative_tokens",
         type=int,
         help="draft tokens verified per target step with --speculative (default 4)",
+    )
+    option(
+        "--adapter",
+        action="append",
+        default=[],
+        help="a peft LoRA adapter folder, PATH or NAME=PATH (repeat for several; docs/lora.md). The base model is "
+        "--model, else the first adapter's base_model_name_or_path",
+    )
+    option(
+        "--prompt-adapter",
+        dest="prompt_adapter",
+        action="append",
+        default=[],
+        help="the adapter NAME of each prompt, in prompt order (repeat once per prompt; 'none': the base model); one "
+        "--prompt-adapter applies to every prompt; default: the first --adapter",
     )
     _add_weights_args(option)
     for ignored in ("--num-cores", "--device-group", "--mos", "--aic-enable-depth-first", "--cache-dir", "--hf-token"):
@@ -329,6 +352,59 @@ def _speculative_args(args: argparse.Namespace) -> dict:
     return speculative
 
 
+def _adapter_args(args: argparse.Namespace, count: int) -> tuple[dict[str, Path], list[str | None]]:
+    """`qeff infer`'s LoRA adapters (name -> folder; an unnamed one is named after its folder) and each of the `count`
+    prompts' adapter name (None: the base model)."""
+    adapters: dict[str, Path] = {}
+    for spec in args.adapter:
+        name, sep, path = spec.partition("=")
+        name, path = (name, Path(path)) if sep else (Path(spec).name, Path(spec))
+        if not name or name.lower() == "none" or name in adapters:
+            raise ValueError(f"--adapter {spec}: give each adapter its own name (NAME=PATH), other than 'none'.")
+        adapters[name] = path
+    if not adapters:
+        if args.prompt_adapter:
+            raise ValueError("--prompt-adapter needs --adapter PATH or NAME=PATH.")
+        return {}, []
+    chosen = args.prompt_adapter or [next(iter(adapters))]
+    if len(chosen) == 1:
+        chosen = chosen * count
+    if len(chosen) != count:
+        raise ValueError(f"{len(chosen)} --prompt-adapter values for {count} prompts: give one, or one per prompt.")
+    unknown = sorted({c for c in chosen if c.lower() != "none" and c not in adapters})
+    if unknown:
+        raise ValueError(f"--prompt-adapter names unknown adapter(s) {unknown}; the adapters are {sorted(adapters)}.")
+    return adapters, [None if c.lower() == "none" else c for c in chosen]
+
+
+def _lora_base(args: argparse.Namespace, adapters: dict[str, Path]) -> str | None:
+    """The base model of `qeff infer --adapter`: --model, else the first adapter's `base_model_name_or_path`."""
+    from QEfficient.peft.adapters import read_adapter_config
+
+    if args.model or not adapters:
+        return args.model
+    return read_adapter_config(next(iter(adapters.values()))).get("base_model_name_or_path")
+
+
+DEFAULT_PREFILL_WIDTHS = (32, 128)  # measured: docs/performance.md, "Prefill"
+
+
+def fitting_widths(widths: Sequence[int], ctx_len: int) -> list[int]:
+    """The prefill chunk widths among `widths` that divide `ctx_len` (a fused-attention program needs it), else the
+    narrowest."""
+    return [w for w in sorted(widths) if ctx_len % w == 0] or [min(widths)]
+
+
+def _prefill_widths(args: argparse.Namespace, model: Any) -> list[int]:
+    """`--prompt-len` as given, else the default widths that divide ctx_len (so that attention stays fused; only the
+    narrowest for a model with recurrent state, whose prefill graph has one width)."""
+    if args.prompt_len:
+        return list(args.prompt_len)
+    if model.model.has_recurrent_state:
+        return [DEFAULT_PREFILL_WIDTHS[0]]
+    return fitting_widths(DEFAULT_PREFILL_WIDTHS, args.ctx_len)
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from QEfficient import QEFFAutoModelForCausalLM
     from QEfficient.utils.default_models import default_causal_lm
@@ -338,6 +414,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if ignored:
         print(f"note: {', '.join(ignored)} apply to Cloud AI 100 only; ignored on this backend", file=sys.stderr)
     prompts, is_default = _prompts(args)
+    if args.image or args.audio:  # a vision or audio program's language part takes one prefill width
+        if args.prompt_len and len(args.prompt_len) > 1:
+            raise ValueError("--image / --audio take one --prompt-len.")
+        args.prompt_len = args.prompt_len[0] if args.prompt_len else DEFAULT_PREFILL_WIDTHS[0]
     if args.image:
         from QEfficient.cli.multimodal import cmd_infer_image
 
@@ -346,16 +426,28 @@ def cmd_infer(args: argparse.Namespace) -> int:
         from QEfficient.cli.multimodal import cmd_infer_audio
 
         return cmd_infer_audio(args, _weights(args), prompts if not is_default else ["Transcribe the audio."])
-    model_path = args.model or str(default_causal_lm())
+    adapters, prompt_adapters = _adapter_args(args, len(prompts))
+    model_path = _lora_base(args, adapters) or str(default_causal_lm())
     speculative = _speculative_args(args)
     with progress("Loading model"):
-        model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
+        if adapters:
+            from QEfficient.peft import QEFFAutoLoraModelForCausalLM
+
+            model = QEFFAutoLoraModelForCausalLM.from_pretrained(
+                model_path, continuous_batching=bool(args.full_batch_size)
+            )
+            for name, path in adapters.items():
+                model.load_adapter(path, name)
+        else:
+            model = QEFFAutoModelForCausalLM.from_pretrained(model_path, continuous_batching=bool(args.full_batch_size))
     chat = args.chat if args.chat is not None else is_default and bool(getattr(model.tokenizer, "chat_template", None))
-    with progress("Exporting ONNX graph"):
-        model.export(ctx_len=args.ctx_len, prefill_seq_len=args.prompt_len)
+    widths = _prefill_widths(args, model)
+    if not adapters:  # with adapters the graph also takes them: compile exports it
+        with progress("Exporting ONNX graph"):
+            model.export(ctx_len=args.ctx_len, prefill_seq_len=widths[0])
     with progress("Compiling for ONNX Runtime"):
         program = model.compile(
-            prefill_seq_len=args.prompt_len,
+            prefill_seq_len=widths,
             ctx_len=args.ctx_len,
             batch_size=args.batch_size,
             full_batch_size=args.full_batch_size,
@@ -368,7 +460,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 args.draft_model, continuous_batching=bool(args.full_batch_size)
             )
             draft.compile(
-                prefill_seq_len=args.prompt_len,
+                prefill_seq_len=widths,
                 ctx_len=args.ctx_len,
                 batch_size=args.batch_size,
                 full_batch_size=args.full_batch_size,
@@ -382,10 +474,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
         print(f"prompt: {prompts[0]}\nanswer: ", end="", flush=True)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = model.generate(prompts=prompts, streamer=streamer, chat=chat, **sampling_options(args), **speculative)
+    lora = {"adapter_names": prompt_adapters} if adapters else {}
+    out = model.generate(prompts=prompts, streamer=streamer, chat=chat, **sampling_options(args), **speculative, **lora)
     if streamer is None:
-        for prompt, text, reason in zip(prompts, out.generated_texts, out.finish_reasons):
-            print(f"prompt: {prompt}\nanswer: {text.strip()}\n(stopped: {reason})\n")
+        for i, (prompt, text, reason) in enumerate(zip(prompts, out.generated_texts, out.finish_reasons)):
+            adapter = f"adapter: {prompt_adapters[i] or 'none (base model)'}\n" if adapters else ""
+            print(f"prompt: {prompt}\n{adapter}answer: {text.strip()}\n(stopped: {reason})\n")
     else:
         print(f"(stopped: {out.finish_reasons[0]})")
     print(out.perf_metrics)
@@ -397,6 +491,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.serve:
         from QEfficient.cli.bench_serve import serve_bench_from_args
 
+        if args.prompt_len and len(args.prompt_len) > 1:
+            raise ValueError("qeff bench --serve takes one --prompt-len (qeff serve's prefill chunk).")
+        args.prompt_len = args.prompt_len[0] if args.prompt_len else None
         print(serve_bench_from_args(args))
         return 0
     from QEfficient.cli.bench import run_generation_bench
@@ -406,7 +503,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.model,
             args.prompt_tokens,
             args.new_tokens,
-            args.prompt_len or 32,
+            tuple(args.prompt_len or DEFAULT_PREFILL_WIDTHS),
             args.ctx_len,
             args.rounds,
             args.threads,
@@ -421,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     from QEfficient import __version__
     from QEfficient.cli.bench import QEFF_WEIGHTS
     from QEfficient.cli.bench_serve import add_serve_bench_args
+    from QEfficient.cli.bench_variants import VARIANTS
     from QEfficient.cli.serve import add_serve_args, cmd_serve
     from QEfficient.cli.sweep import add_sweep_args, cmd_sweep
     from QEfficient.cli.transcribe import add_transcribe_args, cmd_transcribe
@@ -454,9 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         nargs="*",
-        choices=QEFF_WEIGHTS,
+        choices=[*QEFF_WEIGHTS, *VARIANTS],
         default=list(QEFF_WEIGHTS),
-        help="QEfficient weight precisions to run (default: all four)",
+        help="QEfficient programs to run (default: the four precisions); also fp32-lora (a rank-16 LoRA adapter on "
+        "every linear layer) and gptq-int4 (the model as a GPTQ checkpoint), made in the run "
+        "(QEfficient/cli/bench_variants.py)",
     )
     p.add_argument(
         "--peers",
@@ -466,7 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--prompt-len", type=int, help="prefill_seq_len (default 32; with --serve, qeff serve's: 64)")
+    p.add_argument(
+        "--prompt-len",
+        type=int,
+        nargs="+",
+        help="prefill chunk widths (default 32 128, those dividing --ctx-len; with --serve one, qeff serve's: 64)",
+    )
     p.add_argument("--ctx-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
     p.add_argument("--threads", type=int, help="threads per engine (default: all cores)")

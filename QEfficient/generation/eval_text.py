@@ -23,3 +23,28 @@ EVAL_TEXT = (
     "rivers. A single barge can move the load of dozens of lorries while burning far less fuel, which is why ports "
     "on inland waterways continue to invest in new quays, cranes and storage."
 )
+
+# Calibration text for quantisers that need activations (GPTQ in `qeff bench --weights gptq-int4`): also original
+# prose, on other subjects than EVAL_TEXT, so that a perplexity measured on EVAL_TEXT is not measured on the data the
+# weights were fitted to.
+CALIBRATION_TEXT = (
+    "A kitchen garden can feed a family through most of the year if it is planned with care. The first step is to "
+    "watch how the sun moves across the ground, because beans, tomatoes and squash want at least six hours of light, "
+    "while lettuce and spinach are content with less and bolt quickly in the heat. Beds should be narrow enough to "
+    "reach the middle without stepping on the soil, which stays loose and holds water better when nobody walks on "
+    "it.\n\n"
+    "Compost turns kitchen scraps, fallen leaves and grass clippings into food for the next crop. A heap needs air, "
+    "moisture and a balance of green and brown material; turned every few weeks, it becomes dark and crumbly within "
+    "a season. Gardeners who keep notes learn which varieties did well, when the first frost arrived and which "
+    "corner of the plot stayed wet after rain.\n\n"
+    "The history of the bicycle is a story of small improvements. Early machines had no pedals at all: riders "
+    "pushed themselves along with their feet. Cranks on the front wheel came next, then the tall wheel that made "
+    "each turn of the pedals carry the rider further, at the price of frightening falls. The chain drive and two "
+    "wheels of equal size made cycling safe, and air-filled tyres made it comfortable. Within a few decades the "
+    "bicycle had changed how people travelled to work, courted and even voted, since it gave many of them a cheap "
+    "way to reach places that had been a day's walk away.\n\n"
+    "def mean(values):\n    total = 0.0\n    for value in values:\n        total += value\n"
+    "    return total / len(values)\n\n"
+    "Question: How many legs does a spider have? Answer: A spider has eight legs, while an insect has six.\n"
+    "Question: What is the boiling point of water at sea level? Answer: One hundred degrees Celsius.\n"
+)

@@ -70,6 +70,8 @@ class _Request:
     # Retained state of the prompt's cache row before its prefill, `{name: [1, ...] or None (zeros)}` (a
     # cross-attention vision-language model's image keys and values), or None: nothing to write.
     initial_state: dict[str, np.ndarray] | None = None
+    # The LoRA adapter slot the prompt runs with (`adapter_ids`, docs/lora.md); -1: none (the base model).
+    adapter_id: int = -1
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -90,8 +92,12 @@ class TextGenerator:
         single_chunk_prefill: bool = False,
         token_inputs: dict[str, Sequence[int]] | None = None,
         num_speculative_tokens: int | None = None,
+        prefill_seq_lens: Sequence[int] | None = None,
     ) -> None:
-        """`num_speculative_tokens`: K of a speculative-decoding target program (its verify specialisation has K + 1
+        """`prefill_seq_lens`: the program's prefill chunk widths when it has several (`prefill_seq_len` is the
+        narrowest); each prefill takes the fewest chunks (`chunk_plan`).
+
+        `num_speculative_tokens`: K of a speculative-decoding target program (its verify specialisation has K + 1
         columns, and it returns the logits of up to K + 1 columns per row), or None.
 
         `left_padding`: prompts end at the last column of their last prefill chunk (recurrent state must not run
@@ -107,6 +113,7 @@ class TextGenerator:
         self.single_chunk_prefill = single_chunk_prefill
         self.tokenizer = tokenizer
         self.prefill_seq_len = prefill_seq_len
+        self.chunk_widths = sorted(prefill_seq_lens or [prefill_seq_len])
         self.ctx_len = ctx_len
         self.batch_size = batch_size
         self.full_batch_size = full_batch_size
@@ -114,6 +121,12 @@ class TextGenerator:
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.pad_token_id = int(pad if pad is not None else 0)  # its value is never read: padding has position -1
+        # A program with LoRA adapter inputs (docs/lora.md) takes each input row's adapter slot, `adapter_ids`: per
+        # prompt, the slot of the next `generate` call (None: -1 for all, the base model), and per cache row, the slot
+        # of the prompt that occupies it.
+        self.takes_adapter_ids = "adapter_ids" in program.input_dims
+        self.adapter_ids: Sequence[int] | None = None
+        self._row_adapters = np.full(max(batch_size, full_batch_size or 0), -1, dtype=np.int64)
 
     @classmethod
     def with_settings(cls, program: Program, tokenizer: Any, settings: dict[str, Any]) -> TextGenerator:
@@ -132,6 +145,7 @@ class TextGenerator:
             single_chunk_prefill=settings["single_chunk_prefill"],
             token_inputs=settings.get("token_inputs"),
             num_speculative_tokens=settings.get("num_speculative_tokens"),
+            prefill_seq_lens=settings.get("prefill_seq_lens"),
         )
 
     @classmethod
@@ -260,6 +274,9 @@ class TextGenerator:
         inputs = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64), **(extra_inputs or {})}
         if batch_index is not None:
             inputs["batch_index"] = batch_index.astype(np.int64)
+        if self.takes_adapter_ids and "adapter_ids" not in inputs:  # each row: the adapter of its cache row's prompt
+            rows = batch_index.reshape(-1) if batch_index is not None else np.arange(ids.shape[0])
+            inputs["adapter_ids"] = self._row_adapters[rows].reshape(-1, 1)
         for name, shape in self.token_inputs.items():
             given = (token_features or {}).get(name)
             inputs[name] = given if given is not None else np.zeros((*ids.shape, *shape), dtype=np.float32)
@@ -279,11 +296,11 @@ class TextGenerator:
         every row ends in the last chunk. Padding has position -1. `token_features`: per row, its per-token inputs
         (or None); `prompt_inputs`: inputs of the first chunk's run (a one-chunk prompt's images).
         """
-        chunk = self.prefill_seq_len
         ids, positions, ends = self.prefill_inputs(rows)
         features = self._padded_features(rows, ids.shape[1], token_features)
         last: np.ndarray | None = None
-        for start in range(0, ids.shape[1], chunk):
+        start = 0
+        for chunk in self.chunk_plan(ids.shape[1]):
             columns = slice(start, start + chunk)
             logits = self.step(
                 state,
@@ -297,7 +314,20 @@ class TextGenerator:
             for r, end in enumerate(ends):
                 if rows[r] and start <= end < start + chunk:
                     last[r] = logits[r]
+            start += chunk
         return last
+
+    def chunk_plan(self, length: int) -> list[int]:
+        """The prefill chunk widths for a prompt of `length` tokens: each chunk the narrowest compiled width that holds
+        the rest of the prompt, else the widest (widths 32 and 128: 24 tokens -> [32], 140 -> [128, 32], 512 -> four
+        of 128). With one width, as many chunks of it as the prompt needs."""
+        plan: list[int] = []
+        rest = length
+        while rest > 0:
+            width = next((w for w in self.chunk_widths if w >= rest), self.chunk_widths[-1])
+            plan.append(width)
+            rest -= width
+        return plan
 
     def _padded_features(
         self,
@@ -333,12 +363,12 @@ class TextGenerator:
     def prefill_inputs(
         self, rows: list[list[int] | None], first_position: int = 0
     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Token ids and positions `[len(rows), n * prefill_seq_len]` for the prefill chunks of `rows` (None = idle
+        """Token ids and positions `[len(rows), width of the chunk plan]` for the prefill chunks of `rows` (None = idle
         row), and the column of each row's last token. A row's tokens take positions from `first_position` on (a
         prefix already in the cache row takes the positions before it)."""
-        width, chunk = len(rows), self.prefill_seq_len
+        width = len(rows)
         lengths = [len(r) if r else 0 for r in rows]
-        total = -(-max(lengths) // chunk) * chunk
+        total = sum(self.chunk_plan(max(lengths)))
         ids = np.full((width, total), self.pad_token_id, dtype=np.int64)
         positions = np.full((width, total), -1, dtype=np.int64)
         ends = []
@@ -381,6 +411,7 @@ class TextGenerator:
         if token_features is not None and len(token_features) != len(prompts):
             raise ValueError(f"token_features has {len(token_features)} entries for {len(prompts)} prompts.")
         requests = self._requests(self.tokenize(prompts, chat), generation_len, token_features)
+        self._assign_adapters(requests, speculative is not None)
         if prompt_inputs is not None and any(prompt_inputs):
             if self.batch_size != 1 or self.full_batch_size or not self.single_chunk_prefill:
                 raise ValueError(
@@ -408,6 +439,8 @@ class TextGenerator:
                 run.continuous(requests)
             else:
                 for start in range(0, len(requests), self.batch_size):
+                    for row, request in enumerate(requests[start : start + self.batch_size]):
+                        self._place(row, request)
                     run.round(requests[start : start + self.batch_size])
         elif self.full_batch_size:
             self._continuous(requests, sampler, stop_strings, streamer, clock)
@@ -434,6 +467,28 @@ class TextGenerator:
         return GenerationOutput(
             prompts, texts, [r.generated for r in requests], [r.finish_reason for r in requests], metrics
         )
+
+    def _assign_adapters(self, requests: list[_Request], speculative: bool) -> None:
+        """Each request's LoRA adapter slot (`adapter_ids`, one per prompt); every cache row starts on the slot all
+        the prompts share (-1 when they differ), so that rows placed by other code (speculative decoding) run right."""
+        if self.adapter_ids is None:
+            return
+        if len(self.adapter_ids) != len(requests):
+            raise ValueError(f"adapter_ids has {len(self.adapter_ids)} entries for {len(requests)} prompts.")
+        if not self.takes_adapter_ids:
+            raise ValueError("This program takes no LoRA adapters (it has no adapter_ids input).")
+        for request, slot in zip(requests, self.adapter_ids):
+            request.adapter_id = int(slot)
+        shared = {r.adapter_id for r in requests}
+        if speculative and len(shared) > 1 and self.full_batch_size:
+            raise ValueError(
+                "Speculative decoding with continuous batching runs every prompt on one LoRA adapter; got several."
+            )
+        self._row_adapters[:] = shared.pop() if len(shared) == 1 else -1
+
+    def _place(self, row: int, request: _Request) -> None:
+        """Cache row `row` now serves `request`: its steps use the request's adapter."""
+        self._row_adapters[row] = request.adapter_id
 
     def _write_initial_state(self, state: Any, row: int, request: _Request) -> None:
         """Write `request`'s initial retained state (zeros where it gives None) into cache row `row`, through
@@ -478,6 +533,7 @@ class TextGenerator:
         state = self.program.new_state({"batch_size": width, "seq_len": 1})  # zeros: idle rows need nothing written
         for row, request in enumerate(requests):
             self._write_initial_state(state, row, request)
+            self._place(row, request)
         rows: list[list[int] | None] = [r.prompt_ids for r in requests] + [None] * (width - len(requests))
         if streamer is not None:
             streamer.put(np.array(requests[0].prompt_ids))
@@ -524,6 +580,7 @@ class TextGenerator:
                     streamer.put(np.array(request.prompt_ids))
                 t0 = time.perf_counter()
                 self._write_initial_state(state, slot, request)
+                self._place(slot, request)
                 logits = self._prefill(state, [request.prompt_ids], np.array([[slot]]), [request.token_features])
                 clock.add_prefill(time.perf_counter() - t0)
                 finished = self._accept(request, int(sampler(logits)[0]), stop_strings, streamer)

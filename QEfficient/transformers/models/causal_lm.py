@@ -211,7 +211,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
 
     def compile(
         self,
-        prefill_seq_len: int = 32,
+        prefill_seq_len: int | Sequence[int] = 32,
         ctx_len: int = DEFAULT_CTX_LEN,
         batch_size: int = 1,
         full_batch_size: int | None = None,
@@ -226,14 +226,33 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         cache rows and decode runs all rows. Exports first if needed. A model with recurrent state has a
         prefill and a decode graph, each compiled for its specialisation.
 
+        `prefill_seq_len` may be several chunk widths, e.g. `(32, 128)`: each is compiled, and a prompt is prefilled
+        in the fewest chunks, each the narrowest width that holds the rest of the prompt, else the widest (a 24-token
+        prompt in one 32-column chunk, a 512-token prompt in four of 128; docs/performance.md, "Prefill"). Models
+        with recurrent state take one width.
+
         `num_speculative_tokens=K` makes this program a speculative-decoding target
         (docs/speculative_decoding.md): the graph keeps up to K + 1 logits per row, and verify specialisations of
         2, 4, ... and K + 1 columns (batch B; with continuous batching full_batch_size) check up to K draft tokens
         per step.
         """
-        for name, value in (("prefill_seq_len", prefill_seq_len), ("ctx_len", ctx_len), ("batch_size", batch_size)):
+        chunk_widths = (
+            sorted(set(prefill_seq_len))
+            if isinstance(prefill_seq_len, Sequence) and not isinstance(prefill_seq_len, str)
+            else [prefill_seq_len]
+        )
+        checked = [("prefill_seq_len", width) for width in chunk_widths] or [("prefill_seq_len", prefill_seq_len)]
+        for name, value in (*checked, ("ctx_len", ctx_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+                raise ValueError(f"{name} must be a positive int or a sequence of them; got {value!r}.")
+        if len(chunk_widths) > 1 and self.model.has_recurrent_state:
+            raise ValueError(
+                f"This model keeps recurrent state, whose prefill graph has one static width: give one "
+                f"prefill_seq_len, not {chunk_widths}."
+            )
+        prefill_seq_len, widest = chunk_widths[0], chunk_widths[-1]
+        if any(widest % width for width in chunk_widths):  # then every chunk starts at a multiple of its own width
+            raise ValueError(f"Each prefill_seq_len must divide the widest ({widest}); got {chunk_widths}.")
         if num_speculative_tokens is not None:
             check_num_speculative_tokens(num_speculative_tokens)
             if self.model.has_recurrent_state:
@@ -245,8 +264,8 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
                 raise ValueError(
                     f"num_speculative_tokens + 1 ({num_speculative_tokens + 1}) exceeds ctx_len {ctx_len}."
                 )
-        if prefill_seq_len > ctx_len:
-            raise ValueError(f"prefill_seq_len ({prefill_seq_len}) must not exceed ctx_len ({ctx_len}).")
+        if widest > ctx_len:
+            raise ValueError(f"prefill_seq_len ({widest}) must not exceed ctx_len ({ctx_len}).")
         limit = getattr(self.hf_model.config, "max_position_embeddings", None)
         if limit is not None and ctx_len > limit:
             logger.warning("ctx_len %d exceeds the model's max_position_embeddings %d.", ctx_len, limit)
@@ -268,6 +287,7 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             ]
         else:
             specs = [{"batch_size": batch_size, "seq_len": prefill_seq_len}, {"batch_size": batch_size, "seq_len": 1}]
+        specs += [{**specs[0], "seq_len": width} for width in chunk_widths[1:]]  # the wider prefill chunks
         if num_speculative_tokens:  # verify steps: the last token and up to K drafts (2, 4, 8, ... and K + 1 columns)
             widths = {min(2**i, num_speculative_tokens + 1) for i in range(1, num_speculative_tokens.bit_length() + 1)}
             specs += [{**specs[1], "seq_len": width} for width in sorted(widths)]
@@ -283,11 +303,14 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
             "batch_size": batch_size,
             "full_batch_size": full_batch_size,
         }
-        if num_speculative_tokens:  # recorded only when set: other programs' settings stay as they were
+        if len(chunk_widths) > 1:  # recorded only when set, as below: other programs' settings stay as they were
+            self.compile_config["prefill_seq_lens"] = chunk_widths
+        if num_speculative_tokens:
             self.compile_config["num_speculative_tokens"] = num_speculative_tokens
         self._backend_options = dict(backend_options)
         generation = {"generation": self.generation_settings()}  # so the program runs on its own (`from_program`)
-        program = self._compile(specs, backend=backend, compile_dir=compile_dir, metadata=generation, **backend_options)
+        options = self._with_checkpoint_weights(backend, backend_options)  # a GPTQ / AWQ / ... checkpoint's own weights
+        program = self._compile(specs, backend=backend, compile_dir=compile_dir, metadata=generation, **options)
         self.program.load_all()  # prefill and decode both run in every generate: open them now
         return program
 
