@@ -154,3 +154,32 @@ def test_bench_llamacpp_f32_copy_of_a_gguf(tmp_path) -> None:
     assert (gguf_type_name(source), gguf_type_name(copy)) == ("Q8_0", "F32")
     assert gguf_matmul_bytes(copy) == 8 * 64 * 4  # the tied LM head (no output.weight); norms not counted
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_bench_runs_the_lora_and_gptq_rows(tmp_path, minilm_path: str) -> None:
+    """`qeff bench --weights fp32 fp32-lora gptq-int4` on a tiny llama: the adapter and the GPTQ checkpoint are made in
+    the run, each row runs in its own process (the LoRA program with its adapter bound, without PyTorch), and the
+    GPTQ program holds the checkpoint's own 4-bit weights."""
+    from transformers import AutoTokenizer
+
+    from QEfficient.backends import open_program
+    from QEfficient.cli.bench import BenchConfig, _prepare_child, run_generation_bench
+    from tests.tiny_models import tiny_decoder
+
+    folder = tmp_path / "tiny_llama"
+    tiny_decoder("llama").save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    kinds = ("fp32", "fp32-lora", "gptq-int4")
+    report = run_generation_bench(
+        str(folder), prompt_tokens=12, new_tokens=4, prefill_seq_len=(8, 32), ctx_len=64, rounds=1, threads=1,
+        weights=kinds,
+    )  # fmt: skip
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in report.splitlines() if line.startswith("| Q")}
+    lora, gptq = rows["QEfficient ORT fp32 + LoRA (rank 16, all linear)"], rows[next(r for r in rows if "GPTQ" in r)]
+    assert float(lora[3]) > 0 and float(gptq[3]) > 0  # decode tokens/s
+    assert float(lora[9]) != float(rows["QEfficient ORT fp32"][9])  # the adapter changes the perplexity
+    assert "prefill_seq_len [8, 32], ctx_len 64" in report
+
+    programs = _prepare_child(BenchConfig(str(folder), 12, 4, (8, 32), 64, 1, 1, kinds))["programs"]  # cached now
+    manifest = open_program(programs["gptq-int4"]).manifest
+    assert manifest["checkpoint_weights"]["method"] == "gptq" and manifest["options"]["weights"] == "int8"
