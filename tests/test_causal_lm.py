@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from QEfficient import QEFFAutoModelForCausalLM
+from QEfficient.generation.text_generation import plan_chunks
 from tests.tiny_models import DECODER_TYPES, tiny_decoder
 
 SHORT = "hello world"  # shorter than prefill_seq_len
@@ -76,9 +77,12 @@ def test_several_prefill_widths_take_the_fewest_chunks(tokenizer) -> None:
     model.compile(prefill_seq_len=[16, 4], ctx_len=96, batch_size=1)
     generator = model.text_generator(tokenizer=tokenizer)
     assert model.compile_config["prefill_seq_lens"] == [4, 16]
+    # a chunk costs its width + 20 tokens: [4] (24) beats [16] (36), [4, 4] (48) does not
     assert [generator.chunk_plan(n) for n in (3, 4, 5, 16, 17, 21, 40)] == [
         [4], [4], [16], [16], [16, 4], [16, 16], [16, 16, 16]
     ]
+    assert plan_chunks(37, [32, 128]) == [32, 32] and plan_chunks(100, [32, 128]) == [128]
+    assert plan_chunks(140, [32, 128]) == [128, 32] and plan_chunks(512, [32, 128]) == [128] * 4
     assert sorted(spec["seq_len"] for spec in model.program.specializations) == [1, 4, 16]
     assert [model.generate(tokenizer, [p], generation_len=8).generated_ids[0] for p in prompts] == expected
 
@@ -89,8 +93,8 @@ def test_several_prefill_widths_take_the_fewest_chunks(tokenizer) -> None:
     cb.compile(prefill_seq_len=(4, 16), ctx_len=96, full_batch_size=2)
     assert cb.generate(tokenizer, prompts, generation_len=8).generated_ids == expected
 
-    with pytest.raises(ValueError, match="must divide the widest \\(16\\); got \\[6, 16\\]"):
-        model.compile(prefill_seq_len=(6, 16), ctx_len=96)
+    with pytest.raises(ValueError, match="must divide the next wider one; got \\[4, 6, 12\\]"):
+        model.compile(prefill_seq_len=(6, 12, 4), ctx_len=96)
     with pytest.raises(ValueError, match="positive int or a sequence"):
         model.compile(prefill_seq_len=(4, 0), ctx_len=96)
     with pytest.raises(ValueError, match="prefill_seq_len \\(128\\) must not exceed ctx_len \\(96\\)"):

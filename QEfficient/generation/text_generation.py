@@ -76,6 +76,28 @@ class _Request:
     finish_reason: str | None = None
 
 
+# What one prefill chunk costs beyond its tokens, in tokens: a chunk of width w takes about the time of w + 20 tokens
+# (SmolLM2-135M fp32, 2 cores: 14 from the chunk-size table, 26 from `benchmarks/bench_prefill_chunks.py`;
+# docs/performance.md, "Prefill").
+CHUNK_OVERHEAD_TOKENS = 20
+
+
+def chunk_plan_cost(plan: Sequence[int]) -> int:
+    """The estimated cost of prefilling in chunks of `plan`'s widths, in tokens (`CHUNK_OVERHEAD_TOKENS`)."""
+    return sum(width + CHUNK_OVERHEAD_TOKENS for width in plan)
+
+
+def plan_chunks(length: int, widths: Sequence[int]) -> list[int]:
+    """`TextGenerator.chunk_plan` over `widths` (ascending, each dividing the next)."""
+    widest = widths[-1]
+    full, rest = divmod(max(length, 0), widest)
+    plan = [widest] * full
+    if rest:
+        narrower = plan_chunks(rest, widths[:-1]) if len(widths) > 1 else [widest]
+        plan += min([widest], narrower, key=lambda p: (chunk_plan_cost(p), len(p)))
+    return plan
+
+
 class TextGenerator:
     """Drives a compiled causal-LM program. Use through `QEFFAutoModelForCausalLM.generate`."""
 
@@ -318,16 +340,12 @@ class TextGenerator:
         return last
 
     def chunk_plan(self, length: int) -> list[int]:
-        """The prefill chunk widths for a prompt of `length` tokens: each chunk the narrowest compiled width that holds
-        the rest of the prompt, else the widest (widths 32 and 128: 24 tokens -> [32], 140 -> [128, 32], 512 -> four
-        of 128). With one width, as many chunks of it as the prompt needs."""
-        plan: list[int] = []
-        rest = length
-        while rest > 0:
-            width = next((w for w in self.chunk_widths if w >= rest), self.chunk_widths[-1])
-            plan.append(width)
-            rest -= width
-        return plan
+        """The prefill chunk widths for a prompt of `length` tokens, widest first, cheapest by `chunk_plan_cost`: as
+        many chunks of the widest width as the prompt fills, then for the rest one more of it or the plan of the
+        narrower widths, whichever costs less (widths 32 and 128: 24 tokens -> [32], 37 -> [32, 32], 100 -> [128],
+        140 -> [128, 32], 512 -> four of 128). Each width divides the next, so every chunk starts at a multiple of
+        its own width."""
+        return plan_chunks(length, self.chunk_widths)
 
     def _padded_features(
         self,

@@ -226,10 +226,10 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
         cache rows and decode runs all rows. Exports first if needed. A model with recurrent state has a
         prefill and a decode graph, each compiled for its specialisation.
 
-        `prefill_seq_len` may be several chunk widths, e.g. `(32, 128)`: each is compiled, and a prompt is prefilled
-        in the fewest chunks, each the narrowest width that holds the rest of the prompt, else the widest (a 24-token
-        prompt in one 32-column chunk, a 512-token prompt in four of 128; docs/performance.md, "Prefill"). Models
-        with recurrent state take one width.
+        `prefill_seq_len` may be several chunk widths, each dividing the next, e.g. `(32, 128)`: each is compiled, and
+        a prompt is prefilled in the cheapest plan of chunks (`TextGenerator.chunk_plan`: a 24-token prompt in one
+        32-column chunk, a 512-token prompt in four of 128; docs/performance.md, "Prefill"). Models with recurrent
+        state take one width.
 
         `num_speculative_tokens=K` makes this program a speculative-decoding target
         (docs/speculative_decoding.md): the graph keeps up to K + 1 logits per row, and verify specialisations of
@@ -251,8 +251,9 @@ class QEFFAutoModelForCausalLM(QEFFTransformersBase):
                 f"prefill_seq_len, not {chunk_widths}."
             )
         prefill_seq_len, widest = chunk_widths[0], chunk_widths[-1]
-        if any(widest % width for width in chunk_widths):  # then every chunk starts at a multiple of its own width
-            raise ValueError(f"Each prefill_seq_len must divide the widest ({widest}); got {chunk_widths}.")
+        if any(wider % width for width, wider in zip(chunk_widths, chunk_widths[1:])):
+            # then a plan of widest-first chunks starts each chunk at a multiple of its own width
+            raise ValueError(f"Each prefill_seq_len must divide the next wider one; got {chunk_widths}.")
         if num_speculative_tokens is not None:
             check_num_speculative_tokens(num_speculative_tokens)
             if self.model.has_recurrent_state:
