@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from profile_decode import decode_session, decode_step  # benchmarks/profile_decode.py
+from profile_decode import decode_session, decode_step, kernel_times, median_step_ms  # benchmarks/
 
 from QEfficient.cli.bench import cpu_name, vector_flags
 
@@ -57,27 +56,9 @@ def profile_step(graph: Path, threads: int, in_place: frozenset[str], steps: int
     ms per step per node name, node name -> op type)."""
     plain = decode_session(graph, threads)
     step = decode_step(plain, in_place)
-    for _ in range(3):
-        step(plain)
-    samples = []
-    for _ in range(30):
-        start = time.perf_counter()
-        step(plain)
-        samples.append(time.perf_counter() - start)
-    profiled = decode_session(graph, threads, profile=True)
-    for _ in range(steps):
-        step(profiled)
-    trace = Path(profiled.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    per_node: collections.Counter[str] = collections.Counter()
-    ops: dict[str, str] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = event["name"][: -len("_kernel_time")]
-            per_node[name] += event["dur"] / steps / 1000
-            ops[name] = event["args"]["op_name"]
-    return statistics.median(samples) * 1000, dict(per_node), ops
+    step_ms = median_step_ms(step, plain, 30)
+    nodes = kernel_times(step, decode_session(graph, threads, profile=True), steps)
+    return step_ms, {name: ms for name, _, ms in nodes}, {name: op for name, op, _ in nodes}
 
 
 def ort_session(weights: list[np.ndarray], dtype: int, prepack: bool, threads: int) -> ort.InferenceSession:

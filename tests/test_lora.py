@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from QEfficient import QEFFAutoLoraModelForCausalLM, QEFFAutoPeftModelForCausalLM
 from QEfficient.cli.main import main
 from QEfficient.generation.quality import hf_perplexity, perplexity
+from QEfficient.generation.text_generation import TextGenerator
 from QEfficient.peft import AdapterError
 from QEfficient.sweep.checks import build_tiny, sweep_prompts
 from QEfficient.sweep.report import REFERENCE_FAMILIES
@@ -141,6 +142,10 @@ def test_peft_model_switches_adapters_on_one_program(family_dirs) -> None:
     out = model.generate(prompts=[prompt], generation_len=NEW_TOKENS, adapter_name="default")
     assert out.generated_ids[0] == hf_greedy(peft_a, prompt)
     assert model.program_path == path and model.onnx_path == onnx and program_files(path) == files
+
+    bare = TextGenerator.from_program(path)  # the program alone: its adapter weights are not bound
+    with pytest.raises(ValueError, match="LoRA adapter weights \\(lora_a.model.layers.0.*not bound.*bind_constants"):
+        bare.generate([prompt], generation_len=2)
 
     text = [t for p in PROMPTS for t in p]  # perplexity steps run on the active adapter ("b")
     assert perplexity(model, text) == pytest.approx(hf_perplexity(peft_b, text), rel=1e-5)

@@ -489,6 +489,14 @@ class TextGenerator:
     def _assign_adapters(self, requests: list[_Request], speculative: bool) -> None:
         """Each request's LoRA adapter slot (`adapter_ids`, one per prompt); every cache row starts on the slot all
         the prompts share (-1 when they differ), so that rows placed by other code (speculative decoding) run right."""
+        if self.takes_adapter_ids:
+            unbound = [n for n in self.program.input_dims if n.startswith("lora_") and n not in self.program.constants]
+            if unbound:
+                raise ValueError(
+                    f"This program takes LoRA adapter weights ({unbound[0]}, ...) that are not bound: open it through "
+                    "QEFFAutoPeftModelForCausalLM / QEFFAutoLoraModelForCausalLM, or bind them with "
+                    "program.bind_constants({name: array}) and set adapter_ids (docs/lora.md)."
+                )
         if self.adapter_ids is None:
             return
         if len(self.adapter_ids) != len(requests):
