@@ -78,7 +78,7 @@ BENCH_TEXT = (
 )
 VARIANT_NAMES = {  # QEfficient/cli/bench_variants.py
     "fp32-lora": "QEfficient ORT fp32 + LoRA (rank 16, all linear)",
-    "gptq-int4": "QEfficient ORT GPTQ int4 checkpoint (g64, act-order; head int8)",
+    "gptq-int4": "QEfficient ORT GPTQ int4 checkpoint (g32, zero points; head int8)",
 }
 PEER_NAMES = {
     "optimum": "optimum-onnx (ORTModelForCausalLM)",
