@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.transformers.quantized_checkpoints import QuantizedCheckpointError, write_gptq_checkpoint
+from QEfficient.validation import validate_causal_lm
 from tests.program_checks import PROMPT, last_logits, op_counts
 from tests.tiny_models import tiny_decoder
 
@@ -250,6 +251,9 @@ def test_gptq_act_order_permutes_the_inputs(tmp_path: Path) -> None:
     model.compile(**COMPILE, accuracy_level=0)
     # one Gather per permuted input (q/k/v share one, gate/up share one): 4 per layer
     assert model.program.manifest["checkpoint_weights"]["permuted_inputs"] == 8
+    # `qeff validate` compiles the checkpoint's weights with fp32 compute: every stage equals HF's greedy tokens
+    report = validate_causal_lm(str(folder), prompts=[PROMPT, PROMPT[:3]], generation_len=8)
+    assert report.passed, report
 
 
 def test_awq(tmp_path: Path) -> None:
