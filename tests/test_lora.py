@@ -6,6 +6,7 @@ with no re-export or recompile, the CLI, and clear errors. Adapters are real pef
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -360,3 +361,56 @@ def test_clear_errors(family_dirs, tmp_path: Path) -> None:
         QEFFAutoPeftModelForCausalLM.from_pretrained(tmp_path / "unnamed")
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         model.load_adapter(tmp_path, "nothing")
+
+
+# ---- serving --------------------------------------------------------------------------------------------------------
+
+
+def test_serve_runs_each_request_on_its_adapter(family_dirs, minilm_path: str, tmp_path: Path) -> None:
+    """`qeff serve --adapter a=... --adapter b=...` (a real server in a subprocess, the official client): each adapter
+    is a model of its own in /v1/models, and a request naming it gets the completion `generate` gives on that adapter
+    alone (peft's, by the tests above), concurrently with requests on the other adapter and on the base model."""
+    import concurrent.futures
+
+    import openai
+
+    from QEfficient.serving.process import ServerProcess, free_port
+
+    dirs = family_dirs("llama")
+    base = tmp_path / "base"  # the base model with a tokenizer, as a server loads it
+    tiny_decoder("llama").save_pretrained(base)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(base)
+    model = QEFFAutoLoraModelForCausalLM.from_pretrained(str(base))
+    model.load_adapter(dirs["a"], "a")
+    model.load_adapter(dirs["b"], "b")
+    model.compile(prefill_seq_len=8, ctx_len=64)
+    prompt = "the capital of france is"
+    expected = {
+        name: model.generate(prompts=[prompt], generation_len=6, adapter_name=None if name == "base" else name)
+        .generated_texts[0]
+        for name in ("a", "b", "base")
+    }
+    assert len(set(expected.values())) == 3  # the adapters change the answer
+
+    port = free_port()
+    command = [sys.executable, "-m", "QEfficient.cli.main", "serve", "--model", str(base), "--port", str(port),
+               "--ctx-len", "64", "--slots", "3", "--prompt-len", "8", "--served-model-name", "base",
+               "--adapter", f"a={dirs['a']}", "--adapter", f"b={dirs['b']}"]  # fmt: skip
+    server = ServerProcess("qeff serve", command, tmp_path / "serve.log")
+    try:
+        server.wait_ready(f"http://127.0.0.1:{port}/health", 600)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        listed = {card.id: card for card in client.models.list().data}
+        assert set(listed) == {"base", "a", "b"} and listed["a"].model_extra["parent"] == "base"
+
+        def complete(name: str) -> str:
+            out = client.completions.create(model=name, prompt=prompt, max_tokens=6, temperature=0)
+            return out.choices[0].text
+
+        names = [*expected, *expected]  # each twice, all at once over 3 cache rows: one prompt, three answers
+        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+            assert list(pool.map(complete, names)) == [expected[name] for name in names]
+        with pytest.raises(openai.NotFoundError, match="'c'"):
+            client.completions.create(model="c", prompt="x", max_tokens=2)
+    finally:
+        server.stop()

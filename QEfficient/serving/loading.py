@@ -6,7 +6,7 @@ import asyncio
 import gc
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     prefix_caching: bool = True
     threads: int | None = None  # ONNX Runtime threads per program (`$QEFF_NUM_THREADS`; default: all cores)
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served by name: name -> peft folder
 
 
 def weight_options(weights: str, block_size: int = 32, exact_grids: bool = True) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class ServedModels:
     name: str
     vocab_size: int
     embedder: Embedder | None = None
+    adapters: dict[str, int] = field(default_factory=dict)  # LoRA adapter name -> its slot in the program
     _grammar: Any = None
 
     @property
@@ -103,7 +105,7 @@ class ServedModels:
         return self._grammar
 
     def names(self) -> list[str]:
-        return [self.name] + ([self.embedder.name] if self.embedder else [])
+        return [self.name, *self.adapters] + ([self.embedder.name] if self.embedder else [])
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -117,11 +119,23 @@ def load_models(config: ServeConfig, metrics: ServingMetrics) -> ServedModels:
     if config.threads:
         os.environ["QEFF_NUM_THREADS"] = str(config.threads)
     path = config.model or str(default_causal_lm())
-    model = QEFFAutoModelForCausalLM.from_pretrained(path, continuous_batching=True)
+    name = config.served_model_name or model_name(path)
+    if name in config.adapters:
+        raise ValueError(f"The LoRA adapter {name!r} has the served model's name: name it otherwise (NAME=PATH).")
     weights = weight_options(config.weights, config.block_size, config.exact_grids)
+    if config.adapters:  # one program for all: every adapter in its own slot, chosen per request (docs/lora.md)
+        from QEfficient.peft import QEFFAutoLoraModelForCausalLM
+
+        model = QEFFAutoLoraModelForCausalLM.from_pretrained(path, continuous_batching=True)
+        for adapter_name, adapter in config.adapters.items():
+            model.load_adapter(adapter, adapter_name)
+        weights["max_adapters"] = len(config.adapters)
+    else:
+        model = QEFFAutoModelForCausalLM.from_pretrained(path, continuous_batching=True)
     model.compile(
         prefill_seq_len=config.prefill_seq_len, ctx_len=config.ctx_len, full_batch_size=config.slots, **weights
     )
+    adapters = {adapter: model.lora_slots.slot_of(adapter) for adapter in config.adapters}
     generator = model.text_generator(tokenizer=model.tokenizer)
     vocab_size = int(model.hf_model.config.get_text_config().vocab_size)
     del model  # the program runs on its own: the PyTorch weights are not needed any more
@@ -130,4 +144,4 @@ def load_models(config: ServeConfig, metrics: ServingMetrics) -> ServedModels:
         generator, max_queued=config.max_queued, prefix_caching=config.prefix_caching, metrics=metrics
     ).start()
     embedder = Embedder(config.embedding_model, config.embedding_model_name) if config.embedding_model else None
-    return ServedModels(engine, config.served_model_name or model_name(path), vocab_size, embedder)
+    return ServedModels(engine, name, vocab_size, embedder, adapters)

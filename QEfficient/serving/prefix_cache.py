@@ -54,33 +54,36 @@ class PrefixCache:
         self.chunk, self.ctx_len = chunk, ctx_len
         self.enabled = enabled
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.adapters = [-1] * rows  # the LoRA adapter slot each row's KV was computed with (-1: none)
         self._clock = itertools.count(1)
         self.last_used = [0] * rows
 
-    def place(self, prompt: list[int], free: list[int]) -> Placement:
-        """Choose one of the `free` rows for `prompt`, and the prefix it reuses (never the last token)."""
+    def place(self, prompt: list[int], free: list[int], adapter: int = -1) -> Placement:
+        """Choose one of the `free` rows for `prompt`, and the prefix it reuses (never the last token). A prefix is
+        reused only from a row computed with the same LoRA `adapter` slot (its keys and values depend on it)."""
         best_row, best = -1, 0
         if self.enabled:
             prompt_array = np.asarray(prompt[:-1])
             for row, held in enumerate(self.tokens):
                 n = min(len(held), len(prompt_array))
-                if not n:
+                if not n or self.adapters[row] != adapter:
                     continue
                 differ = np.flatnonzero(prompt_array[:n] != np.asarray(held[:n]))
                 common = self._fitting(int(differ[0]) if differ.size else n, len(prompt))
                 if common > best or (common == best and common and row in free):
                     best_row, best = row, common
         if best and best_row in free:
-            return self._take(Placement(best_row, best))
+            return self._take(Placement(best_row, best), adapter)
         row = min(free, key=lambda r: (self.last_used[r], len(self.tokens[r])))  # least recently used, else emptiest
-        return self._take(Placement(row, best, best_row if best else None))
+        return self._take(Placement(row, best, best_row if best else None), adapter)
 
     def _fitting(self, reused: int, prompt_tokens: int) -> int:
         """`reused`, or whole chunks of it where the prefill chunks after it would run past the cache."""
         chunks = -(-(prompt_tokens - reused) // self.chunk)
         return reused if reused + chunks * self.chunk <= self.ctx_len else reused - reused % self.chunk
 
-    def _take(self, placement: Placement) -> Placement:
+    def _take(self, placement: Placement, adapter: int) -> Placement:
+        self.adapters[placement.row] = adapter
         if placement.copy_from is None:
             del self.tokens[placement.row][placement.reused :]
         else:
