@@ -170,3 +170,16 @@ def test_prefix_cache_placement() -> None:
     assert cache.place(list(range(20)) + [42], free=[1, 2]) == Placement(2, 20)  # a free row holds it: no copy
     assert cache.place([1, 2, 3], free=[1]) == Placement(1, 0)
     assert PrefixCache(rows=1, chunk=8, ctx_len=64, enabled=False).place([1, 2, 3], free=[0]) == Placement(0, 0)
+
+
+def test_prefix_cache_reuses_a_prefix_only_on_its_adapter() -> None:
+    """A row's keys and values depend on the LoRA adapter it was filled with: a prompt on another adapter (or on the
+    base model) does not reuse them, one on the same adapter does."""
+    cache = PrefixCache(rows=2, chunk=4, ctx_len=32)
+    assert cache.place(list(range(10)), free=[0, 1], adapter=1) == Placement(0, 0)
+    cache.written(0, range(10))
+    assert cache.place(list(range(10)) + [5], free=[1], adapter=-1) == Placement(1, 0)  # the base model: no reuse
+    cache.written(1, list(range(10)) + [5])
+    cache.release(0)
+    assert cache.place(list(range(10)) + [6], free=[0], adapter=1) == Placement(0, 10)  # its own adapter's row
+    assert cache.adapters == [1, -1]
