@@ -31,6 +31,14 @@ def minilm_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(minilm_path: str):  # noqa: ANN201 - a PreTrainedTokenizerBase
+    """all-MiniLM-L6-v2's BERT tokenizer: the text prompts of the tiny decoders (their vocabulary covers it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder_dirs(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> dict[str, Path]:
     """One saved tiny random model folder (with a BERT tokenizer) per supported encoder family."""
     root = tmp_path_factory.mktemp("tiny_encoders")

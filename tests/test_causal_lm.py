@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.generation.text_generation import plan_chunks
-from tests.tiny_models import DECODER_TYPES, tiny_decoder
+from tests.tiny_models import DECODER_TYPES, hf_greedy, tiny_decoder
 
 SHORT = "hello world"  # shorter than prefill_seq_len
 LONG = "the capital of france is a city with a long history, many museums and even more people living there"
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_path: str):
-    return AutoTokenizer.from_pretrained(minilm_path)
-
-
-def hf_greedy(model, tokenizer, prompt: str, new_tokens: int = NEW_TOKENS) -> list[int]:
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("model_type", DECODER_TYPES)

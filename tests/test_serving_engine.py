@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from transformers import AutoTokenizer
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.generation.sampling import SamplingParams
@@ -17,11 +16,6 @@ from tests.tiny_models import tiny_decoder
 PREFIX = "the capital of france is a city with a long history, many museums and even more people living there"
 PROMPTS = [PREFIX, PREFIX + " and in summer", "hello world", PREFIX + " but", "five words are in here"]
 ROWS = 3
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_path: str):
-    return AutoTokenizer.from_pretrained(minilm_path)
 
 
 def compiled(model_type: str, continuous: bool) -> QEFFAutoModelForCausalLM:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from QEfficient import QEFFAutoModelForCausalLM
 from QEfficient.generation.sampling import Sampler, SamplingParams
 from QEfficient.generation.speculative import Draft, PromptLookupDrafter, accept_draft
-from tests.tiny_models import DECODER_CONFIGS, tiny_decoder
+from tests.tiny_models import DECODER_CONFIGS, hf_greedy, tiny_decoder
 
 SHORT = "hello world"
 LONG = "the capital of france is a city with a long history, many museums and even more people living there"
@@ -23,18 +23,6 @@ PROMPTS = [SHORT, LONG, REPEATED]
 NEW_TOKENS = 24
 # proposes on one-token matches too: random tiny models rarely repeat two tokens of their input
 EAGER_LOOKUP = PromptLookupDrafter(max_ngram=3, min_ngram=1)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_path: str):
-    return AutoTokenizer.from_pretrained(minilm_path)
-
-
-def hf_greedy(model, tokenizer, prompt: str, new_tokens: int = NEW_TOKENS) -> list[int]:
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,15 @@ DECODER_CONFIGS: dict[str, dict[str, Any]] = {
 DECODER_TYPES = tuple(DECODER_CONFIGS)
 
 
+def hf_greedy(model: PreTrainedModel, tokenizer: Any, prompt: str, new_tokens: int = 24) -> list[int]:
+    """HF `generate`'s greedy continuation of a text prompt (`new_tokens` tokens unless EOS): the reference of the
+    generation tests."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+    return out[0, ids.shape[1] :].tolist()
+
+
 def tiny_decoder(model_type: str, seed: int = 0) -> PreTrainedModel:
     """A tiny random causal LM of `model_type` (fp32, eval mode) for the BERT tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM
