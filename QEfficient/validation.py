@@ -272,12 +272,11 @@ def _programs_to_validate(model: Any, prefill_seq_len: int, ctx_len: int) -> dic
     from QEfficient.backends.base import MultiGraphProgram
     from QEfficient.backends.onnxruntime import OnnxRuntimeProgram, graph_input_dims, in_place_states
     from QEfficient.backends.pytorch import PyTorchProgram
-    from QEfficient.transformers.quantized_checkpoints import ATTRIBUTE
 
     # a pre-quantised checkpoint's own integer weights computed in fp32 (accuracy_level 0): the arithmetic of the
     # dequantised model HF runs (the default, int8 activations in the kernel, is the fast form;
     # docs/quantized_checkpoints.md)
-    exact = {"accuracy_level": 0} if getattr(model.hf_model, ATTRIBUTE, None) is not None else {}
+    exact = {"accuracy_level": 0} if model.quantized_checkpoint is not None else {}
     model.compile(prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=1, **exact)
     manifest = dict(model.program.manifest)
 

@@ -269,13 +269,18 @@ class QEFFTransformersBase(QEFFBaseModel):
         per_graph = {name: [{}] for name in self.onnx_paths}  # static graphs: no symbolic dimension to set
         return self._compile(per_graph, backend=backend, compile_dir=compile_dir, **backend_options)
 
-    def _with_checkpoint_weights(self, backend: str, options: dict[str, Any]) -> dict[str, Any]:
-        """`options` for a model loaded from a pre-quantised checkpoint (GPTQ, AWQ, compressed-tensors, FP8): unless
-        `weights=` says otherwise, the checkpoint's own integer weights are compiled as they are
-        (docs/quantized_checkpoints.md). Other models' options are returned unchanged."""
+    @property
+    def quantized_checkpoint(self) -> Any:
+        """The `QuantizedCheckpoint` of a model loaded from a pre-quantised checkpoint (GPTQ, AWQ, compressed-tensors,
+        FP8; docs/quantized_checkpoints.md), else None."""
         from QEfficient.transformers.quantized_checkpoints import ATTRIBUTE
 
-        checkpoint = getattr(self.hf_model, ATTRIBUTE, None)
+        return getattr(self.hf_model, ATTRIBUTE, None)
+
+    def _with_checkpoint_weights(self, backend: str, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` for a model loaded from a pre-quantised checkpoint: unless `weights=` says otherwise, the
+        checkpoint's own integer weights are compiled as they are. Other models' options are returned unchanged."""
+        checkpoint = self.quantized_checkpoint
         return options if checkpoint is None else checkpoint.compile_options(options, backend)
 
     @property
